@@ -1,0 +1,134 @@
+"""Pretrained weights: read local files safely, fetch timm weights when online, load strictly.
+
+``source`` is a path (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``) or a timm model
+name (``vit_tiny_patch16_224`` or ``vit_tiny_patch16_224.augreg_in21k``). Pickled files are
+read with ``weights_only=True``: a checkpoint that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
+
+__all__ = ["WEIGHT_SUFFIXES", "create_timm_model", "is_weights_path", "load_pretrained", "load_state_dict_checked",
+           "read_state_dict"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def is_weights_path(source: str) -> bool:
+    return str(source).endswith(WEIGHT_SUFFIXES) or "/" in str(source) or Path(source).exists()
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a weights file; unwraps Lightning (``state_dict`` + ``model.``) and timm
+    training checkpoints (``model`` / ``state_dict_ema``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read safetensors file {path}: {e}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with code (refused by weights_only), truncated file, not a checkpoint
+        raise ValueError(
+            f"cannot load {path} as plain tensors ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "Only weights-only checkpoints are accepted; a pickle that contains code is refused."
+        ) from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        sd = obj["state_dict"]
+        if all(k.startswith("model.") for k in sd):  # a Lightning checkpoint of one of our tasks
+            sd = {k[len("model."):]: v for k, v in sd.items()}
+        return sd
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        return obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict (name -> tensor)")
+    return obj
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, Tensor], source: str, allow_missing: tuple[str, ...] = ()
+) -> None:
+    """``load_state_dict`` with one readable error listing missing, unexpected and misshaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing)]
+    unexpected = [k for k in state_dict if k not in own]
+    misshaped = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state_dict if k in own and state_dict[k].shape != own[k].shape
+    ]
+    problems = [
+        (label, items) for label, items in
+        (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", misshaped)) if items
+    ]
+    if problems:
+        lines = [f"weights from {source} do not fit {type(model).__name__}:"]
+        for label, items in problems:
+            more = f" ... (+{len(items) - 8} more)" if len(items) > 8 else ""
+            lines.append(f"  {label}: {', '.join(items[:8])}{more}")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=False)
+
+
+def create_timm_model(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """A timm model by name; with ``pretrained`` the weights come from the Hugging Face hub."""
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ValueError(f"{name!r} is neither a weights file nor a timm model name")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as e:  # offline, hub down, missing auth: all end the same way for the user
+        raise RuntimeError(
+            f"could not fetch pretrained weights {name!r} through timm ({type(e).__name__}: {str(e)[:200]}). "
+            "Without network access, download the weights elsewhere (e.g. model.safetensors from the "
+            f"Hugging Face hub page timm/{name}) and pass model.pretrained=/path/to/model.safetensors"
+        ) from e
+
+
+def _normalization_next_to(path: Path) -> dict[str, Any]:
+    """mean/std from a hub-style ``config.json`` beside the weights (timm writes one), if any."""
+    cfg_file = path.parent / "config.json"
+    if not cfg_file.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_file.read_text()).get("pretrained_cfg", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    return {k: tuple(cfg[k]) for k in ("mean", "std") if k in cfg}
+
+
+def load_pretrained(model: nn.Module, source: str) -> nn.Module:
+    """Load ``source`` into ``model`` (our ``VisionTransformer`` or ``ImageClassifier``).
+
+    A classifier head whose size differs from the checkpoint's stays freshly initialised.
+    The encoder's ``pretrained_cfg`` records the source and its normalisation.
+    """
+    encoder = getattr(model, "encoder", model)
+    if is_weights_path(source):
+        state_dict = read_state_dict(source)
+        extra = _normalization_next_to(Path(source))
+    else:
+        timm_model = create_timm_model(source, pretrained=True)
+        state_dict = timm_model.state_dict()
+        extra = {k: tuple(timm_model.pretrained_cfg[k]) for k in ("mean", "std") if k in timm_model.pretrained_cfg}
+    if is_timm_vit_state_dict(state_dict):
+        state_dict = convert_timm_vit(state_dict, model)
+    elif hasattr(model, "head") and state_dict.get("head.fc.weight") is not None:
+        if state_dict["head.fc.weight"].shape != model.head.fc.weight.shape:  # new label set: fresh head
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.fc.")}
+    load_state_dict_checked(model, state_dict, str(source), allow_missing=("head.fc.",))
+    encoder.pretrained_cfg = {**encoder.pretrained_cfg, **extra, "source": str(source)}
+    return model

@@ -1,0 +1,194 @@
+"""Vision Transformer encoder (Dosovitskiy et al. 2020) on the shared ``Block``.
+
+Returns token features ``[B, P + N, D]`` (``P`` prefix tokens: class + registers); heads
+and decoders consume them. Parameter names match timm's ``VisionTransformer`` (minus the
+classifier), so timm checkpoints convert by key filtering (see ``convert_timm.py``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmtrans.nn import Block, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
+
+__all__ = ["VIT_PRESETS", "VisionTransformer", "create_vit"]
+
+# Architecture presets (patch 16, as in the ViT/DeiT papers). Any argument can be overridden.
+VIT_PRESETS: dict[str, dict[str, Any]] = {
+    "vit_tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+}
+
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs normalise to [-1, 1]
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        init_values: float | None = None,
+        class_token: bool = True,
+        reg_tokens: int = 0,
+        no_embed_class: bool = False,
+        pos_embed: str = "learn",
+        pre_norm: bool = False,
+        final_norm: bool = True,
+        global_pool: str = "cls",
+        fc_norm: bool | None = None,
+        dynamic_img_size: bool = False,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] | None = None,
+        fused_attn: bool = True,
+    ) -> None:
+        """``global_pool``: 'cls' (class token), 'avg' (mean of patch tokens) or 'none'.
+
+        ``fc_norm=None`` follows timm: with 'avg' pooling the final norm moves after pooling
+        (into the head), so ``self.norm`` is Identity and ``use_fc_norm`` tells the head.
+        ``pos_embed``: 'learn' (table, resampled for new sizes), 'sincos' (fixed) or 'none'.
+        """
+        super().__init__()
+        global_pool = {"token": "cls", "": "none"}.get(global_pool, global_pool)
+        if global_pool not in ("cls", "avg", "none"):
+            raise ValueError(f"global_pool must be 'cls', 'avg' or 'none', got {global_pool!r}")
+        if global_pool == "cls" and not class_token:
+            raise ValueError("global_pool='cls' needs class_token=True")
+        if pos_embed not in ("learn", "sincos", "none"):
+            raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {pos_embed!r}")
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.global_pool = global_pool
+        self.use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.embed_dim = self.num_features = embed_dim
+        self.in_chans = in_chans
+        self.num_reg_tokens = reg_tokens
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.no_embed_class = no_embed_class
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.pretrained_cfg: dict[str, Any] = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
+
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = self.patch_embed.num_patches + (0 if no_embed_class else self.num_prefix_tokens)
+        self.pos_embed_type = pos_embed
+        if pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.Sequential(*[
+            Block(
+                embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate, drop_path=dpr[i], init_values=init_values, act_layer=act_layer,
+                norm_layer=norm_layer, fused_attn=fused_attn,
+            )
+            for i in range(depth)
+        ])
+        self.norm = norm_layer(embed_dim) if final_norm and not self.use_fc_norm else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's default init: truncated normal 0.02 for tables and linears, tiny prefix tokens."""
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for tok in (self.cls_token, self.reg_token):
+            if tok is not None:
+                nn.init.normal_(tok, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # -- helpers used by optimisers and converters -------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    def layer_id(self, name: str) -> int:
+        """Depth index of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1."""
+        if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    # -- forward ----------------------------------------------------------------------------
+    def _pos_table(self, grid: tuple[int, int]) -> Tensor | None:
+        if self.pos_embed_type == "sincos":
+            table = sincos_pos_embed_2d(self.embed_dim, grid).to(self.patch_embed.proj.weight)
+            return table.unsqueeze(0)
+        if self.pos_embed is None or grid == self.patch_embed.grid_size:
+            return self.pos_embed
+        return resample_pos_embed(
+            self.pos_embed, grid, self.patch_embed.grid_size, 0 if self.no_embed_class else self.num_prefix_tokens
+        )
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Image ``[B, C, H, W]`` -> tokens with prefix and position: ``[B, P + N, D]``."""
+        grid = self.patch_embed.dynamic_grid(tuple(x.shape[-2:]))
+        x = self.patch_embed(x)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        pos = self._pos_table(grid)
+        if pos is not None and (self.no_embed_class or self.pos_embed_type == "sincos"):
+            x = x + pos  # table covers patches only; prefix tokens carry no position
+            pos = None
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)
+        if pos is not None:
+            x = x + pos
+        return self.norm_pre(self.pos_drop(x))
+
+    def forward_features(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Token features after the final norm; with ``return_attn`` also each block's
+        attention weights ``[B, H, T, T]`` (explicit softmax path, for heat maps)."""
+        x = self.embed(x)
+        attns: list[Tensor] = []
+        for blk in self.blocks:
+            if return_attn:
+                x, w = blk(x, return_attn=True)
+                attns.append(w)
+            elif self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        x = self.norm(x)
+        return (x, attns) if return_attn else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)
+
+
+def create_vit(preset: str | None = None, **kwargs: Any) -> VisionTransformer:
+    """Build a ``VisionTransformer`` from a named preset plus overrides (``None``: kwargs only)."""
+    if preset is None:
+        return VisionTransformer(**kwargs)
+    if preset not in VIT_PRESETS:
+        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
+    return VisionTransformer(**{**VIT_PRESETS[preset], **kwargs})
