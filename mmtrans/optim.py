@@ -1,0 +1,65 @@
+"""AdamW parameter groups (decay / no-decay, layer-wise lr decay) and warmup + cosine.
+
+Models opt in to layer-wise decay by exposing ``layer_id(name)`` and ``num_layers``
+(the ViT and ``ImageClassifier`` do), and to no-decay names by ``no_weight_decay()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["build_adamw", "param_groups", "warmup_cosine"]
+
+
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """Trainable parameters grouped by (decay?, lr scale).
+
+    Biases, norms, position tables and prefix tokens get no weight decay (nanoGPT / timm
+    rule: decay only matrices). With ``layer_decay`` a parameter at depth ``i`` of ``n`` gets
+    ``lr * layer_decay ** (n - i)``: the head trains fastest, the patch embedding slowest.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay is not None and not hasattr(model, "layer_id"):
+        raise ValueError(f"layer_decay needs a model with layer_id(); {type(model).__name__} has none")
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and name not in skip
+        layer = model.layer_id(name) if layer_decay is not None else 0
+        scale = layer_decay ** (model.num_layers - layer) if layer_decay is not None else 1.0
+        g = groups.setdefault((decay, layer), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale, "lr_scale": scale,
+        })
+        g["params"].append(p)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return list(groups.values())
+
+
+def build_adamw(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    layer_decay: float | None = None,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; the fused CUDA kernel when every parameter is on a GPU."""
+    groups = param_groups(model, lr, weight_decay, layer_decay)
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

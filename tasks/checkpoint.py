@@ -1,0 +1,30 @@
+"""Rebuild a trained model from a checkpoint file alone (no original YAML needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+__all__ = ["load_model"]
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a task checkpoint, in eval mode, plus its ``hparams`` (``class_names``,
+    ``config``, ...). Loads with ``weights_only=True``: checkpoints are data, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = ckpt.get("hyper_parameters") or {}
+    model_cfg = (hparams.get("config") or {}).get("model")
+    if model_cfg is None:
+        raise ValueError(f"checkpoint {path} carries no model config (hyper_parameters.config.model)")
+    # The weights come from the checkpoint: never fetch pretrained weights again.
+    model = instantiate({**model_cfg, "pretrained": None, "num_classes": hparams.get("num_classes")})
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), dict(hparams)

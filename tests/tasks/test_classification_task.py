@@ -1,0 +1,94 @@
+"""ClassificationTask on tiny tensors: losses, metrics, options and checkpoint rebuild."""
+
+import pytest
+import pytorch_lightning as L
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset
+
+from tasks.checkpoint import load_model
+from tasks.classification import ClassificationTask
+
+MODEL_CFG = {
+    "_target_": "mmtrans.models.create_image_classifier", "preset": None, "num_classes": None, "pretrained": None,
+    "img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
+}
+
+
+class Toy(Dataset):
+    """Class = which quadrant is bright: learnable in a few steps."""
+
+    def __init__(self, n=64, multilabel=False):
+        g = torch.Generator().manual_seed(0)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+        self.x = torch.rand(n, 3, 16, 16, generator=g) * 0.1
+        for i, c in enumerate(self.y.tolist()):
+            r, q = divmod(c, 2)
+            self.x[i, :, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 1
+        self.multilabel = multilabel
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        label = torch.nn.functional.one_hot(self.y[i], 4) if self.multilabel else self.y[i]
+        return {"image": self.x[i], "label": label, "id": str(i)}
+
+
+def make_task(**kw):
+    model = instantiate({**MODEL_CFG, "num_classes": 4})
+    return ClassificationTask(model, 4, class_names=list("abcd"), config={"model": MODEL_CFG}, **kw)
+
+
+def fit(task, tmp_path, multilabel=False, **trainer_kw):
+    dl = DataLoader(Toy(multilabel=multilabel), batch_size=16, shuffle=True)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=trainer_kw.pop("max_epochs", 1), logger=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, **trainer_kw)
+    trainer.fit(task, dl, dl)
+    return trainer, dl
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}, {"layer_decay": 0.75}, {"freeze_encoder": True},
+])
+def test_task_options_train(tmp_path, kw):
+    task = make_task(**kw)
+    before = {n: p.clone() for n, p in task.model.named_parameters()}
+    trainer, dl = fit(task, tmp_path, limit_train_batches=3)
+    changed = {n for n, p in task.model.named_parameters() if not torch.equal(before[n], p)}
+    assert "head.fc.weight" in changed
+    assert any(n.startswith("encoder.") for n in changed) != bool(kw.get("freeze_encoder"))
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def test_learns_and_checkpoint_rebuilds_model_alone(tmp_path):
+    task = make_task(lr=3e-3, warmup_epochs=0, label_smoothing=0.0)
+    trainer, dl = fit(task, tmp_path, max_epochs=15)
+    assert trainer.callback_metrics["val/acc"] > 0.9
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    model, hp = load_model(path)  # weights_only=True inside
+    assert hp["class_names"] == list("abcd")
+    batch = next(iter(dl))
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch["image"]), task.model.eval()(batch["image"]))
+    (test,) = trainer.test(task, dl, verbose=False)
+    assert test["test/acc"] > 0.9
+
+
+def test_multilabel(tmp_path):
+    task = make_task(label_type="multilabel")
+    trainer, _ = fit(task, tmp_path, multilabel=True, limit_train_batches=2)
+    assert "val/acc" in trainer.callback_metrics
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="label_type"):
+        make_task(label_type="ordinal_xyz")
+    with pytest.raises(ValueError, match="class names"):
+        ClassificationTask(instantiate({**MODEL_CFG, "num_classes": 4}), 4, class_names=["a"])
+
+
+def test_load_model_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_model(tmp_path / "nope.ckpt")
