@@ -1,0 +1,68 @@
+"""The `Splits` container every data set factory returns, and the seeded split helper."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Splits:
+    """Train / val / test data sets of one classification problem.
+
+    `test` is None when the source has no test split; the DataModule then tests on `val`.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
+    """Raise ValueError unless both fractions are in [0, 1) and leave something to train on."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 so that train is not empty, "
+            f"got {val_fraction} + {test_fraction}"
+        )
+
+
+def stratified_split(
+    labels: Sequence[int], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> tuple[list[int], list[int], list[int]]:
+    """Split positions 0..len(labels)-1 into (train, val, test) index lists, per class.
+
+    Each class is shuffled with its own generator keyed on (seed, class) so that adding a
+    class does not reshuffle the others. A positive fraction gets at least one sample of a
+    class as long as train keeps one; a class with too few samples fills train first, then
+    val, then test. Index lists come back sorted, so datasets read files in a stable order.
+    """
+    check_fractions(val_fraction, test_fraction)
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    for cls in np.unique(labels_arr):
+        positions = np.flatnonzero(labels_arr == cls)
+        positions = np.random.default_rng([seed, int(cls)]).permutation(positions)
+        n = len(positions)
+        n_val = max(round(n * val_fraction), 1) if val_fraction > 0 else 0
+        n_test = max(round(n * test_fraction), 1) if test_fraction > 0 else 0
+        # Keep one training sample per class when possible; take it from test before val.
+        n_test = max(0, min(n_test, n - 1 - n_val))
+        n_val = max(0, min(n_val, n - 1))
+        val.extend(positions[:n_val].tolist())
+        test.extend(positions[n_val : n_val + n_test].tolist())
+        train.extend(positions[n_val + n_test :].tolist())
+    return sorted(train), sorted(val), sorted(test)

@@ -1,0 +1,1 @@
+"""Lightning modules, the DataModule and callbacks: the training logic on top of `mmtrans`."""

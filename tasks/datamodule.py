@@ -1,0 +1,181 @@
+"""One Lightning DataModule for every image data set: transforms + a `Splits` factory -> loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mmtrans.data.splits import Splits
+from mmtrans.data.transforms import build_transform
+
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+# Keys of `augment` that also shape the eval pipeline (resize ratio and resampling filter).
+_EVAL_KEYS = ("crop_pct", "interpolation")
+
+
+class _SwappableTransform:
+    """A transform whose pipeline can be replaced after the datasets hold it.
+
+    train.py learns the model's normalisation only after `setup()` has built the datasets
+    (it needs num_classes first); swapping the pipeline here updates every dataset without
+    rebuilding the splits. A module-level class so that it pickles into loader workers.
+    """
+
+    def __init__(self, pipeline: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.pipeline(img)
+
+    def __repr__(self) -> str:
+        return repr(self.pipeline)
+
+
+class DataModule(L.LightningDataModule):
+    """Builds train/eval transforms, calls `splits(train_transform=..., eval_transform=...)`
+    once in `setup()` and serves the three loaders.
+
+    `splits` is any callable returning `Splits` (in configs, a `_partial_: true` factory such
+    as `mmtrans.data.shapes.shapes_splits`). `augment` holds keyword arguments of
+    `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
+    Normalisation: explicit `mean`/`std`, else whatever `set_normalization` gave (the
+    pretrained model's statistics), else 0.5 per channel.
+    """
+
+    def __init__(
+        self,
+        splits: Callable[..., Splits],
+        img_size: int = 32,
+        in_chans: int = 3,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(
+                f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
+            )
+        if (mean is None) != (std is None):
+            raise ValueError("set both data.mean and data.std, or neither")
+        self.splits_factory = splits
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.mean = tuple(mean) if mean is not None else DEFAULT_MEAN
+        self.std = tuple(std) if std is not None else DEFAULT_STD
+        self.augment = dict(augment or {})
+        self._train_transform: _SwappableTransform | None = None
+        self._eval_transform: _SwappableTransform | None = None
+        self._splits: Splits | None = None
+
+    # -- transforms -------------------------------------------------------------------------
+
+    def _build_transforms(self) -> tuple[Callable, Callable]:
+        common = {"img_size": self.img_size, "mean": self.mean, "std": self.std, "in_chans": self.in_chans}
+        eval_kwargs = {k: self.augment[k] for k in _EVAL_KEYS if k in self.augment}
+        return (
+            build_transform(train=True, **common, **self.augment),
+            build_transform(train=False, **common, **eval_kwargs),
+        )
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with `mean`/`std` (e.g. the pretrained model's); works before or after setup."""
+        self.mean, self.std = tuple(mean), tuple(std)
+        if self._train_transform is not None and self._eval_transform is not None:
+            self._train_transform.pipeline, self._eval_transform.pipeline = self._build_transforms()
+
+    # -- data sets --------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits once; later calls (Lightning calls setup per stage) do nothing."""
+        if self._splits is None:
+            train_tf, eval_tf = self._build_transforms()
+            self._train_transform, self._eval_transform = (
+                _SwappableTransform(train_tf),
+                _SwappableTransform(eval_tf),
+            )
+            splits = self.splits_factory(
+                train_transform=self._train_transform, eval_transform=self._eval_transform
+            )
+            if not isinstance(splits, Splits):
+                raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
+            for name in ("train", "val", "test"):
+                dataset = getattr(splits, name)
+                if dataset is not None and len(dataset) == 0:
+                    raise ValueError(
+                        f"the {name} split is empty: check data.splits (paths, fractions, sizes)"
+                    )
+            if splits.num_classes < 2:
+                raise ValueError(
+                    f"classification needs at least 2 classes, the data has {splits.class_names}"
+                )
+            self._splits = splits
+        if stage in (None, "fit"):
+            self._check_train_batch()
+
+    @property
+    def splits(self) -> Splits:
+        if self._splits is None:
+            raise RuntimeError("the DataModule is not set up yet: call setup() first")
+        return self._splits
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.splits.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.num_classes
+
+    def _check_train_batch(self) -> None:
+        # With drop_last, a train split smaller than one batch gives zero steps per epoch:
+        # Lightning would then "train" silently without ever updating the model.
+        size = len(self.splits.train)
+        if self.drop_last and size < self.batch_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is larger than the train split ({size} samples) and "
+                f"data.drop_last=true would leave no batch: lower data.batch_size or set data.drop_last=false"
+            )
+
+    # -- loaders ----------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        workers = self.num_workers > 0
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._check_train_batch()
+        return self._loader(self.splits.train, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.val, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        # Sources without a test split (e.g. ImageFolder train/val) are tested on val.
+        test = self.splits.test if self.splits.test is not None else self.splits.val
+        return self._loader(test, self.eval_batch_size, train=False)

@@ -1,0 +1,116 @@
+"""tasks.datamodule.DataModule on the shapes data set."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from mmtrans.data import Splits, shapes_splits
+from tasks.datamodule import DataModule
+
+
+def shapes(**kwargs):
+    return partial(
+        shapes_splits, **{"num_train": 40, "num_val": 12, "num_test": 10, "img_size": 16, **kwargs}
+    )
+
+
+def test_loaders_give_batches_of_the_right_shape():
+    dm = DataModule(shapes(), img_size=16, batch_size=8, eval_batch_size=5)
+    dm.setup("fit")
+    assert dm.num_classes == 8 and dm.class_names[0] == "circle"
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.long and batch["label"].shape == (8,)
+    assert isinstance(batch["id"], list) and len(batch["id"]) == 8
+    assert len(dm.train_dataloader()) == 5  # 40 / 8, drop_last
+    assert next(iter(dm.val_dataloader()))["image"].shape == (5, 3, 16, 16)
+    assert sum(len(b["label"]) for b in dm.test_dataloader()) == 10
+
+
+def test_grey_images():
+    dm = DataModule(shapes(), img_size=12, in_chans=1, batch_size=4)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape == (4, 1, 12, 12)
+    assert next(iter(dm.val_dataloader()))["image"].shape == (4, 1, 12, 12)
+
+
+def test_setup_builds_once():
+    calls = []
+
+    def factory(**kwargs):
+        calls.append(kwargs)
+        return shapes_splits(num_train=8, num_val=4, num_test=4, img_size=16, **kwargs)
+
+    dm = DataModule(factory, img_size=16, batch_size=4)
+    for stage in ("fit", "validate", "test", None):
+        dm.setup(stage)
+    assert len(calls) == 1 and set(calls[0]) == {"train_transform", "eval_transform"}
+
+
+def test_properties_before_setup():
+    with pytest.raises(RuntimeError, match="setup"):
+        _ = DataModule(shapes()).num_classes
+
+
+def test_test_falls_back_to_val():
+    def no_test(**kwargs):
+        splits = shapes_splits(num_train=8, num_val=6, num_test=1, img_size=16, **kwargs)
+        return Splits(splits.train, splits.val, None, splits.class_names)
+
+    dm = DataModule(no_test, img_size=16, batch_size=4)
+    dm.setup("test")
+    assert dm.test_dataloader().dataset is dm.splits.val
+
+
+def test_batch_larger_than_train_split():
+    dm = DataModule(shapes(num_train=10), img_size=16, batch_size=32)
+    with pytest.raises(ValueError, match=r"data.batch_size=32 .*10 samples"):
+        dm.setup("fit")
+    lenient = DataModule(shapes(num_train=10), img_size=16, batch_size=32, drop_last=False)
+    lenient.setup("fit")
+    assert len(lenient.train_dataloader()) == 1
+
+
+def test_empty_split_is_named():
+    with pytest.raises(ValueError, match="the val split is empty"):
+        DataModule(shapes(num_val=0), img_size=16, batch_size=4).setup()
+
+
+def test_normalisation_before_and_after_setup():
+    def val_image(dm):
+        return dm.splits.val[0]["image"]
+
+    default = DataModule(shapes(), img_size=16, batch_size=4)
+    default.setup()
+    early = DataModule(shapes(), img_size=16, batch_size=4)
+    early.set_normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    early.setup()
+    raw = val_image(early)
+    assert 0 <= raw.min() and raw.max() <= 1
+    assert torch.allclose(val_image(default), (raw - 0.5) / 0.5, atol=1e-6)  # 0.5 / 0.5 by default
+    default.set_normalization((0.0,), (1.0,))  # after setup: the built data sets follow
+    assert torch.allclose(val_image(default), raw)
+
+
+def test_augment_reaches_the_train_transform():
+    # No crop, no flip, no resize: train and eval pipelines then agree exactly.
+    augment = {"scale": (1.0, 1.0), "hflip": 0.0, "crop_pct": 1.0}
+    dm = DataModule(shapes(), img_size=16, batch_size=4, augment=augment)
+    dm.setup()
+    train_like = dm.splits.train.transform(dm.splits.train.render(0)[0])
+    eval_like = dm.splits.val.transform(dm.splits.train.render(0)[0])
+    assert torch.allclose(train_like, eval_like, atol=1e-5)
+
+
+def test_loader_options_and_worker_process():
+    dm = DataModule(shapes(), img_size=16, batch_size=4, num_workers=1, persistent_workers=True)
+    dm.setup()
+    loader = dm.val_dataloader()
+    assert (
+        loader.persistent_workers and not loader.drop_last and loader.pin_memory == torch.cuda.is_available()
+    )
+    assert next(iter(loader))["image"].shape == (4, 3, 16, 16)  # transforms pickle into the worker
+    single = DataModule(shapes(), img_size=16, batch_size=4)
+    single.setup()
+    assert not single.train_dataloader().persistent_workers
