@@ -1,7 +1,7 @@
 """The one entry point: compose the config, build data, model and task, fit, test, summarise.
 
     python train.py task=classification
-    python train.py task=classification data=imagefolder data.splits.root=DIR model=vit_small
+    python train.py task=classification data=imagefolder data.root=DIR model=vit_small
     python train.py task=classification train=false ckpt_path=outputs/.../checkpoints/last.ckpt
     python train.py -m task.lr=1e-3,3e-4          # a sweep; each run returns cfg.optimized_metric
 
@@ -23,13 +23,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit and/or test as `cfg` says; returns (metrics as written to metrics.json, built objects)."""
     start = time.perf_counter()
-    # `???` values (data.splits.root, ...): name them here rather than let a partial
+    # `???` values (data.root, ...): name them here rather than let a partial
     # constructor fail later with "missing 1 required positional argument".
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -76,6 +77,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _convert_="all",
     )
 
+    if cfg.ckpt_path:
+        check_checkpoint_fits(task, cfg.ckpt_path)  # a clear error now, not a size mismatch later
     metrics: dict[str, Any] = {}
     if cfg.train:
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

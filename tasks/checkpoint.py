@@ -9,7 +9,28 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-__all__ = ["load_model"]
+from mmtrans.models.pretrained import check_state_dict
+
+__all__ = ["check_checkpoint_fits", "load_model"]
+
+# ckpt_path values that Lightning resolves itself (no file to check up front).
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_fits(module: nn.Module, path: str | Path) -> None:
+    """Fail before training/testing, naming the file and the keys, when a checkpoint does not
+    match ``module`` (a different model size, another task): Lightning would fail later with
+    a bare ``size mismatch`` that names neither."""
+    if str(path) in LIGHTNING_CKPT_ALIASES:
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} (ckpt_path) does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
+                         "to start from plain weights use model.pretrained=PATH")
+    check_state_dict(module, ckpt["state_dict"], f"checkpoint {path}")
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -40,7 +40,7 @@ class DataModule(L.LightningDataModule):
     """Builds train/eval transforms, calls `splits(train_transform=..., eval_transform=...)`
     once in `setup()` and serves the three loaders.
 
-    `splits` is any callable returning `Splits` (in configs, a `_partial_: true` factory such
+    `splits` is any callable returning `Splits`; `root`/`download`, when set, are passed to it (in configs, a `_partial_: true` factory such
     as `mmtrans.data.shapes.shapes_splits`). `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
     Normalisation: explicit `mean`/`std`, else whatever `set_normalization` gave (the
@@ -50,6 +50,8 @@ class DataModule(L.LightningDataModule):
     def __init__(
         self,
         splits: Callable[..., Splits],
+        root: str | None = None,
+        download: bool | None = None,
         img_size: int = 32,
         in_chans: int = 3,
         batch_size: int = 64,
@@ -70,6 +72,9 @@ class DataModule(L.LightningDataModule):
         if (mean is None) != (std is None):
             raise ValueError("set both data.mean and data.std, or neither")
         self.splits_factory = splits
+        # Where the data lives and whether it may be fetched: user-facing keys (data.root,
+        # data.download) forwarded to the split builder; None leaves the builder's default.
+        self.source_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
         self.img_size = img_size
         self.in_chans = in_chans
         self.batch_size = batch_size
@@ -112,7 +117,7 @@ class DataModule(L.LightningDataModule):
                 _SwappableTransform(eval_tf),
             )
             splits = self.splits_factory(
-                train_transform=self._train_transform, eval_transform=self._eval_transform
+                train_transform=self._train_transform, eval_transform=self._eval_transform, **self.source_kwargs
             )
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")

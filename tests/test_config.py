@@ -15,7 +15,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "specialize")
 # Values a user must give for some options (`???` in the YAML).
 REQUIRED = {
-    "data.splits.root": "/some/images",
+    "data.root": "/some/images",
     "data.splits": {"_target_": "mmtrans.data.shapes.shapes_splits", "_partial_": True},
 }
 
@@ -69,30 +69,30 @@ def test_default_run_is_the_small_classification_run() -> None:
     assert cfg.task._target_ == "tasks.classification.ClassificationTask"
     assert cfg.model.preset == "vit_tiny"
     assert cfg.data.splits._target_ == "mmtrans.data.shapes.shapes_splits"
-    # conf/specialize/classification_vit_tiny_shapes.yaml applies: 32x32 images, patch 4.
+    # conf/specialize/classification_vit_tiny_shapes.yaml applies: 32x32 images, patch 8.
     assert cfg.model.img_size == cfg.data.img_size == 32
-    assert cfg.model.patch_size == 4
+    assert cfg.model.patch_size == 8
     assert cfg.model.num_classes is None  # train.py takes it from the data
 
 
 def test_command_line_choices_beat_the_task_overrides() -> None:
-    cfg = compose_cfg("data=imagefolder", "data.splits.root=/my/images", "model=vit_small")
+    cfg = compose_cfg("data=imagefolder", "data.root=/my/images", "model=vit_small")
     assert cfg.model.preset == "vit_small"
     assert cfg.data.splits._target_ == "mmtrans.data.image_folder.image_folder_splits"
-    assert cfg.data.splits.root == "/my/images"
+    assert cfg.data.root == "/my/images"
     assert cfg.model.img_size == cfg.data.img_size == 224
     # The 32x32 settings of the default pair do not leak into other choices.
-    assert "patch_size" not in cfg.model and "depth" not in cfg.model
+    assert cfg.model.patch_size is None and cfg.model.depth is None  # the preset decides
     assert "num_train" not in cfg.data.splits
 
 
 def test_command_line_values_beat_task_and_specialization() -> None:
-    cfg = compose_cfg("model.patch_size=8", "trainer.max_epochs=2", "task.lr=0.01")
-    assert (cfg.model.patch_size, cfg.trainer.max_epochs, cfg.task.lr) == (8, 2, 0.01)
+    cfg = compose_cfg("model.patch_size=4", "trainer.max_epochs=2", "task.lr=0.01")
+    assert (cfg.model.patch_size, cfg.trainer.max_epochs, cfg.task.lr) == (4, 2, 0.01)
 
 
 def test_experiment_and_debug_override_the_task() -> None:
-    cfg = compose_cfg("experiment=finetune", "data.splits.root=/my/images", "model=vit_small")
+    cfg = compose_cfg("experiment=finetune", "data.root=/my/images", "model=vit_small")
     assert cfg.model.pretrained == "vit_small_patch16_224.augreg_in21k_ft_in1k"
     assert cfg.task.layer_decay == 0.75
     cfg = compose_cfg("debug=fast")

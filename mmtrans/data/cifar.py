@@ -60,7 +60,7 @@ def _load(source: type, root: Path, train: bool) -> datasets.VisionDataset:
     except RuntimeError as err:  # torchvision's md5 check failed: a partial or damaged copy
         raise ValueError(
             f"CIFAR files under {root / source.base_folder} are corrupted ({err}); delete the folder and "
-            f"extract {source.filename} again, or pass download=True (config: data.splits.download=true; needs network)"
+            f"extract {source.filename} again, or pass download=True (config: data.download=true; needs network)"
         ) from err
 
 
@@ -98,7 +98,7 @@ def cifar_splits(
     if missing:
         raise FileNotFoundError(
             f"{name} not found: expected {missing[0]} (folder {root / source.base_folder}, extracted "
-            f"from {source.filename}). Put it there, or pass download=True (config: data.splits.download=true) to download it (needs network)"
+            f"from {source.filename}). Put it there, or pass download=True (config: data.download=true) to download it (needs network)"
         )
 
     train_set, test_set = _load(source, root, train=True), _load(source, root, train=False)

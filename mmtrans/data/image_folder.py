@@ -126,11 +126,11 @@ def image_folder_splits(
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(
-            f"data root {root} (data.splits.root) does not exist: expected a folder of class folders, "
+            f"data root {root} (data.root) does not exist: expected a folder of class folders, "
             f"or train/ and val/ folders of class folders"
         )
     if not root.is_dir():
-        raise NotADirectoryError(f"data root {root} (data.splits.root) is not a folder")
+        raise NotADirectoryError(f"data root {root} (data.root) is not a folder")
 
     def dataset(samples: list[tuple[str, int]], transform: Transform | None) -> ImageFolderDataset:
         return ImageFolderDataset(samples, class_names, transform, draft_size=draft_size)

@@ -6,7 +6,7 @@ from typing import Any
 
 from .heads import ImageClassifier
 from .pretrained import create_timm_model, is_weights_path, load_pretrained
-from .vit import VisionTransformer, create_vit
+from .vit import ARCH_KEYS, VisionTransformer, create_vit
 
 __all__ = ["create_encoder", "create_image_classifier"]
 
@@ -14,6 +14,8 @@ __all__ = ["create_encoder", "create_image_classifier"]
 def create_encoder(preset: str | None = "vit_tiny", pretrained: str | None = None, **kwargs: Any) -> VisionTransformer:
     """A ``VisionTransformer`` from a preset (or, with ``preset=None`` and a timm name as
     ``pretrained``, the timm model's architecture), optionally with pretrained weights."""
+    # Unset architecture keys (null in YAML) mean "from the preset / the timm model".
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ARCH_KEYS}
     if preset is None and pretrained and not is_weights_path(pretrained):
         from .convert_timm import vit_kwargs_from_timm
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
 
-__all__ = ["WEIGHT_SUFFIXES", "create_timm_model", "is_weights_path", "load_pretrained", "load_state_dict_checked",
+__all__ = ["WEIGHT_SUFFIXES", "check_state_dict", "create_timm_model", "is_weights_path", "load_pretrained", "load_state_dict_checked",
            "read_state_dict"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -58,10 +58,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
-def load_state_dict_checked(
+def check_state_dict(
     model: nn.Module, state_dict: dict[str, Tensor], source: str, allow_missing: tuple[str, ...] = ()
 ) -> None:
-    """``load_state_dict`` with one readable error listing missing, unexpected and misshaped keys."""
+    """Raise one readable ``ValueError`` naming ``source`` and every missing, unexpected and
+    misshaped key, before anything is loaded (so a bad file leaves the model untouched)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing)]
     unexpected = [k for k in state_dict if k not in own]
@@ -79,6 +80,13 @@ def load_state_dict_checked(
             more = f" ... (+{len(items) - 8} more)" if len(items) > 8 else ""
             lines.append(f"  {label}: {', '.join(items[:8])}{more}")
         raise ValueError("\n".join(lines))
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, Tensor], source: str, allow_missing: tuple[str, ...] = ()
+) -> None:
+    """``load_state_dict`` after ``check_state_dict``."""
+    check_state_dict(model, state_dict, source, allow_missing)
     model.load_state_dict(state_dict, strict=False)
 
 

@@ -26,6 +26,7 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
     "vit_large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
 }
 
+ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs normalise to [-1, 1]
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 
@@ -186,9 +187,14 @@ class VisionTransformer(nn.Module):
 
 
 def create_vit(preset: str | None = None, **kwargs: Any) -> VisionTransformer:
-    """Build a ``VisionTransformer`` from a named preset plus overrides (``None``: kwargs only)."""
+    """Build a ``VisionTransformer`` from a named preset plus overrides (``None``: kwargs only).
+
+    An override of ``None`` for a preset's own key keeps the preset's value, so a config can
+    list ``depth: null`` and a user can still write ``model.depth=6``.
+    """
     if preset is None:
-        return VisionTransformer(**kwargs)
+        return VisionTransformer(**{k: v for k, v in kwargs.items() if v is not None or k not in ARCH_KEYS})
     if preset not in VIT_PRESETS:
         raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
-    return VisionTransformer(**{**VIT_PRESETS[preset], **kwargs})
+    base = VIT_PRESETS[preset]
+    return VisionTransformer(**{**base, **{k: v for k, v in kwargs.items() if v is not None or k not in base}})

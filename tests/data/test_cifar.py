@@ -18,7 +18,7 @@ def test_missing_files_say_where_and_how(tmp_path):
     assert (
         str(tmp_path / "cifar-10-batches-py") in message
         and "download=True" in message
-        and "data.splits.download=true" in message
+        and "data.download=true" in message
     )
     with pytest.raises(FileNotFoundError, match="cifar-100-python"):
         cifar_splits(tmp_path, name="cifar100")

@@ -103,7 +103,7 @@ def test_train_without_val(tmp_path):
 
 
 def test_missing_root(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"data root .*nowhere \(data.splits.root\) does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"data root .*nowhere \(data.root\) does not exist"):
         image_folder_splits(tmp_path / "nowhere")
 
 

@@ -118,3 +118,13 @@ def test_invalid_arguments():
         ShapesDataset(1, img_size=4)
     with pytest.raises(ValueError, match="seed"):
         ShapesDataset(1, seed=-1)
+
+
+def test_class_set_is_configurable():
+    from mmtrans.data.shapes import SHAPE_KINDS
+
+    splits = shapes_splits(num_train=40, num_val=8, num_test=8, classes=SHAPE_KINDS)
+    assert splits.class_names == SHAPE_KINDS and splits.num_classes == 8
+    assert {splits.train[i]["label"] for i in range(40)} > set(range(6))
+    with pytest.raises(ValueError, match="hexagon"):
+        ShapesDataset(4, classes=["circle", "hexagon"])
