@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from mmtrans.data import Splits, shapes_splits
+from mmtrans.data import SHAPES_CLASSES, Splits, shapes_splits
 from tasks.datamodule import DataModule
 
 
@@ -18,7 +18,7 @@ def shapes(**kwargs):
 def test_loaders_give_batches_of_the_right_shape():
     dm = DataModule(shapes(), img_size=16, batch_size=8, eval_batch_size=5)
     dm.setup("fit")
-    assert dm.num_classes == 8 and dm.class_names[0] == "circle"
+    assert dm.num_classes == len(SHAPES_CLASSES) == 6 and dm.class_names[0] == "circle"
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 16, 16) and batch["image"].dtype == torch.float32
     assert batch["label"].dtype == torch.long and batch["label"].shape == (8,)
