@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .captioner import ImageCaptioner
 from .heads import ImageClassifier
 from .pretrained import create_timm_model, is_weights_path, load_pretrained
+from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, create_vit
 
-__all__ = ["create_encoder", "create_image_classifier"]
+__all__ = ["create_captioner", "create_encoder", "create_image_classifier"]
 
 
 def create_encoder(preset: str | None = "vit_tiny", pretrained: str | None = None, **kwargs: Any) -> VisionTransformer:
@@ -44,3 +46,51 @@ def create_image_classifier(
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def create_captioner(
+    encoder_preset: str | None = "vit_tiny",
+    vocab_size: int | None = None,
+    decoder_embed_dim: int = 256,
+    decoder_depth: int = 4,
+    decoder_num_heads: int = 4,
+    max_len: int = 64,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    encoder_pretrained: str | None = None,
+    decoder_pretrained: str | None = None,
+    freeze_encoder: bool = False,
+    projector: str = "linear",
+    decoder_drop_rate: float = 0.0,
+    **encoder_kwargs: Any,
+) -> ImageCaptioner:
+    """ViT encoder + projector + text decoder with cross-attention.
+
+    ``decoder_pretrained`` (a local Hugging Face GPT-2 folder / weights file, or a hub name
+    when online) takes the decoder's architecture and weights from GPT-2, so
+    ``decoder_embed_dim/depth/num_heads`` are ignored and ``vocab_size`` must be GPT-2's.
+    """
+    encoder = create_encoder(
+        encoder_preset, encoder_pretrained, img_size=img_size, patch_size=patch_size, **encoder_kwargs
+    )
+    context_dim = encoder.embed_dim if projector == "none" else None  # None: the decoder's width
+    if decoder_pretrained:
+        from .convert_gpt2 import create_gpt2_decoder
+
+        decoder = create_gpt2_decoder(
+            decoder_pretrained, cross_attention=True, context_dim=context_dim, max_len=max_len,
+            drop_rate=decoder_drop_rate,
+        )
+        if vocab_size is not None and vocab_size != decoder.vocab_size:
+            raise ValueError(
+                f"vocab_size={vocab_size} but GPT-2 {decoder_pretrained!r} has {decoder.vocab_size} tokens: "
+                "use GPT-2's tokenizer with a pretrained GPT-2 decoder"
+            )
+    else:
+        if vocab_size is None:
+            raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")
+        decoder = TextDecoder(
+            vocab_size, max_len, decoder_embed_dim, decoder_depth, decoder_num_heads, cross_attention=True,
+            context_dim=context_dim, drop_rate=decoder_drop_rate,
+        )
+    return ImageCaptioner(encoder, decoder, projector=projector, freeze_encoder=freeze_encoder)
