@@ -1,5 +1,14 @@
 """Datasets and transforms; every data set factory returns a `Splits` of dict-returning datasets."""
 
+from mmtrans.data.caption_formats import (
+    CaptionRecord,
+    read_caption_table,
+    read_coco,
+    read_flickr8k,
+    read_karpathy,
+)
+from mmtrans.data.caption_scenes import SceneCaptionDataset, scene_caption_splits
+from mmtrans.data.captions import CaptionDataset, caption_splits, collate_captions
 from mmtrans.data.cifar import CifarDataset, cifar_splits
 from mmtrans.data.image_folder import ImageFolderDataset, find_images, image_folder_splits
 from mmtrans.data.io import load_image
@@ -10,6 +19,16 @@ from mmtrans.data.transforms import build_transform, to_tensor
 
 __all__ = [
     "SHAPES_CLASSES",
+    "CaptionDataset",
+    "CaptionRecord",
+    "SceneCaptionDataset",
+    "caption_splits",
+    "collate_captions",
+    "read_caption_table",
+    "read_coco",
+    "read_flickr8k",
+    "read_karpathy",
+    "scene_caption_splits",
     "CifarDataset",
     "ImageFolderDataset",
     "ShapesDataset",

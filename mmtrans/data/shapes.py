@@ -92,7 +92,48 @@ _POLYGONS = {
 }
 
 
-def _supersample(img_size: int) -> int:
+RING_INNER = 0.56  # inner radius of a ring as a fraction of its outer radius
+
+
+def draw_shape(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    angle: float = 0.0,
+    fill: int | tuple[int, ...] = 255,
+    hole: int | tuple[int, ...] = 0,
+    ring_inner: float = RING_INNER,
+) -> None:
+    """Draw one shape of `kind` inside the circle (cx, cy, radius), rotated by `angle`.
+
+    `fill` is the shape's colour and `hole` the colour cut out of rings and crescents (the
+    background behind them). Shared by the classification shapes and the captioning scenes.
+    """
+
+    def disc(x: float, y: float, r: float, colour: int | tuple[int, ...]) -> None:
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+
+    if kind == "circle":
+        disc(cx, cy, radius, fill)
+    elif kind == "ring":
+        disc(cx, cy, radius, fill)
+        disc(cx, cy, radius * ring_inner, hole)
+    elif kind == "crescent":
+        disc(cx, cy, radius, fill)
+        shift = radius * 0.45
+        disc(cx + shift * math.cos(angle), cy + shift * math.sin(angle), radius * 0.82, hole)
+    elif kind in _POLYGONS:
+        cos, sin = math.cos(angle), math.sin(angle)
+        rotation = np.array([[cos, sin], [-sin, cos]])
+        points = _POLYGONS[kind] @ rotation * radius + (cx, cy)
+        draw.polygon([tuple(p) for p in points.tolist()], fill=fill)
+    else:
+        raise ValueError(f"unknown shape kind {kind!r}; known: {SHAPE_KINDS}")
+
+
+def supersample_factor(img_size: int) -> int:
     # Draw at 4x and average down for antialiasing, but cap the canvas near 512 px for speed.
     return max(1, min(4, 512 // img_size))
 
@@ -163,32 +204,15 @@ class ShapesDataset(Dataset):
 
     def _draw_mask(self, rng: np.random.Generator, kind: str) -> np.ndarray:
         """Coverage of the shape in [0, 1], shape [img_size, img_size]."""
-        ss = _supersample(self.img_size)
+        ss = supersample_factor(self.img_size)
         side = self.img_size * ss
         radius = rng.uniform(MIN_SIZE, MAX_SIZE) * side / 2
         # Keep the whole bounding circle (hence the whole shape) inside the image.
         cx, cy = rng.uniform(radius, side - radius, size=2)
         angle = rng.uniform(0, 2 * math.pi)
+        ring_inner = rng.uniform(0.5, 0.62) if kind == "ring" else RING_INNER
         canvas = Image.new("L", (side, side), 0)
-        draw = ImageDraw.Draw(canvas)
-
-        def disc(x: float, y: float, r: float, fill: int) -> None:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-
-        if kind == "circle":
-            disc(cx, cy, radius, 255)
-        elif kind == "ring":
-            disc(cx, cy, radius, 255)
-            disc(cx, cy, radius * rng.uniform(0.5, 0.62), 0)
-        elif kind == "crescent":
-            disc(cx, cy, radius, 255)
-            shift = radius * 0.45
-            disc(cx + shift * math.cos(angle), cy + shift * math.sin(angle), radius * 0.82, 0)
-        else:
-            cos, sin = math.cos(angle), math.sin(angle)
-            rotation = np.array([[cos, sin], [-sin, cos]])
-            points = _POLYGONS[kind] @ rotation * radius + (cx, cy)
-            draw.polygon([tuple(p) for p in points.tolist()], fill=255)
+        draw_shape(ImageDraw.Draw(canvas), kind, cx, cy, radius, angle, 255, 0, ring_inner)
         if ss > 1:
             # Box-average each ss x ss block: the exact area coverage of the shape per pixel,
             # with no ringing, and ~15x faster than a LANCZOS resize (which dominated render time).
@@ -244,5 +268,7 @@ def shapes_splits(
         raise ValueError(f"num_train and num_val must be <= {VAL_FIRST_INDEX}")
     train = ShapesDataset(num_train, img_size, seed, train_transform, first_index=0, classes=classes)
     val = ShapesDataset(num_val, img_size, seed, eval_transform, first_index=VAL_FIRST_INDEX, classes=classes)
-    test = ShapesDataset(num_test, img_size, seed, eval_transform, first_index=TEST_FIRST_INDEX, classes=classes)
+    test = ShapesDataset(
+        num_test, img_size, seed, eval_transform, first_index=TEST_FIRST_INDEX, classes=classes
+    )
     return Splits(train=train, val=val, test=test, class_names=list(train.class_names))
