@@ -19,7 +19,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -42,33 +42,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    # Data first: the model's head size is the number of classes the data has, known once
-    # the splits exist. The model in turn decides the normalisation (its pretrained weights
-    # saw images that way); the DataModule swaps its transforms in place when told after
-    # setup, so nothing is built twice.
+    # Each task builds its model from the data (class count, tokenizer) and then itself;
+    # the resolved config and what the data taught it go into every checkpoint.
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    num_classes = datamodule.num_classes
-    if cfg.model.get("num_classes") not in (None, num_classes):
-        raise ValueError(
-            f"model.num_classes={cfg.model.num_classes} but the data has {num_classes} classes "
-            f"({', '.join(datamodule.class_names[:10])}{', ...' if num_classes > 10 else ''}); "
-            "leave model.num_classes=null to take it from the data"
-        )
-    model = instantiate(cfg.model, num_classes=num_classes, _convert_="all")
-    if cfg.data.get("mean") is None:  # data.mean/std, when given, win over the model's
-        pretrained_cfg = model.encoder.pretrained_cfg
-        datamodule.set_normalization(pretrained_cfg["mean"], pretrained_cfg["std"])
-
-    # The task stores the resolved config and class names in every checkpoint, so that a
-    # checkpoint alone rebuilds the model (tasks.checkpoint.load_model).
-    # (Built as a partial: `config` would clash with instantiate's own first argument.)
-    task = instantiate(cfg.task, _partial_=True, _convert_="all")(
-        model=model,
-        num_classes=num_classes,
-        class_names=list(datamodule.class_names),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
+    task = get_class(cfg.task._target_).build(cfg, datamodule)
+    model = task.model
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_each(cfg.get("callbacks")),
@@ -114,7 +92,8 @@ def _instantiate_each(group: DictConfig | None) -> list[Any]:
 
 def _summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) -> str:
     name = cfg.optimized_metric
-    shown = [f"{k} {metrics[k]:.4f}" for k in (f"{name}_best", name, "test/acc", "test/loss") if k in metrics]
+    keys = (f"{name}_best", name, "test/" + name.split("/")[-1], "test/acc", "test/bleu4", "test/cider", "test/loss")
+    shown = [f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(keys) if k in metrics]
     return (
         f"\n{cfg.task_name} finished in {metrics['wall_time_s']:.0f} s: {', '.join(shown) or 'no metrics'}. "
         f"Best checkpoint: {metrics['best_ckpt'] or 'none'}. Run folder: {output_dir} (metrics.json)."

@@ -35,17 +35,29 @@ def check_checkpoint_fits(module: nn.Module, path: str | Path) -> None:
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model of a task checkpoint, in eval mode, plus its ``hparams`` (``class_names``,
-    ``config``, ...). Loads with ``weights_only=True``: checkpoints are data, never code."""
+    ``config``, ...) and, for captioning checkpoints, ``tokenizer``. Loads with
+    ``weights_only=True``: checkpoints are data, never code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hparams = ckpt.get("hyper_parameters") or {}
-    model_cfg = (hparams.get("config") or {}).get("model")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, not a checkpoint, pickle with code
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    info = dict(ckpt.get("hyper_parameters") or {})
+    model_cfg = (info.get("config") or {}).get("model")
     if model_cfg is None:
         raise ValueError(f"checkpoint {path} carries no model config (hyper_parameters.config.model)")
     # The weights come from the checkpoint: never fetch pretrained weights again.
-    model = instantiate({**model_cfg, "pretrained": None, "num_classes": hparams.get("num_classes")})
+    overrides = {k: None for k in model_cfg if k.endswith("pretrained")}
+    if "num_classes" in info:
+        overrides["num_classes"] = info["num_classes"]
+    if "tokenizer" in ckpt:
+        from mmtrans.text import CaptionTokenizer
+
+        info["tokenizer"] = CaptionTokenizer.from_json(ckpt["tokenizer"])
+        overrides["vocab_size"] = info["tokenizer"].vocab_size
+    model = instantiate({**model_cfg, **overrides})
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return model.eval(), dict(hparams)
+    return model.eval(), info

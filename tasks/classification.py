@@ -12,6 +12,8 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
@@ -119,6 +121,28 @@ class ClassificationTask(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch["image"])
         return logits.sigmoid() if self.hparams.label_type == "multilabel" else logits.softmax(-1)
+
+    @classmethod
+    def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> ClassificationTask:
+        """Data first (the head size is the number of classes), then the model, normalised
+        like its pretrained weights unless the data config pins mean/std, then the task."""
+        datamodule.setup("fit")
+        num_classes = datamodule.num_classes
+        if cfg.model.get("num_classes") not in (None, num_classes):
+            names = datamodule.class_names
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} but the data has {num_classes} classes "
+                f"({', '.join(names[:10])}{', ...' if num_classes > 10 else ''}); "
+                "leave model.num_classes=null to take it from the data"
+            )
+        model = instantiate(cfg.model, num_classes=num_classes, _convert_="all")
+        if cfg.data.get("mean") is None:
+            datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
+        # A partial: `config` would clash with instantiate's own first argument.
+        return instantiate(cfg.task, _partial_=True, _convert_="all")(
+            model=model, num_classes=num_classes, class_names=list(datamodule.class_names),
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

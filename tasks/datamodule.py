@@ -52,6 +52,8 @@ class DataModule(L.LightningDataModule):
         splits: Callable[..., Splits],
         root: str | None = None,
         download: bool | None = None,
+        annotations: str | None = None,
+        collate: Callable | None = None,
         img_size: int = 32,
         in_chans: int = 3,
         batch_size: int = 64,
@@ -74,7 +76,9 @@ class DataModule(L.LightningDataModule):
         self.splits_factory = splits
         # Where the data lives and whether it may be fetched: user-facing keys (data.root,
         # data.download) forwarded to the split builder; None leaves the builder's default.
-        self.source_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
+        sources = (("root", root), ("download", download), ("annotations", annotations))
+        self.source_kwargs = {k: v for k, v in sources if v is not None}
+        self.collate = collate  # None: torch's default collate (image classification)
         self.img_size = img_size
         self.in_chans = in_chans
         self.batch_size = batch_size
@@ -127,7 +131,7 @@ class DataModule(L.LightningDataModule):
                     raise ValueError(
                         f"the {name} split is empty: check data.splits (paths, fractions, sizes)"
                     )
-            if splits.num_classes < 2:
+            if splits.class_names and splits.num_classes < 2:  # captions have no classes
                 raise ValueError(
                     f"classification needs at least 2 classes, the data has {splits.class_names}"
                 )
@@ -171,6 +175,7 @@ class DataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers,
+            collate_fn=self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:

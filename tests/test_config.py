@@ -16,6 +16,8 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "
 # Values a user must give for some options (`???` in the YAML).
 REQUIRED = {
     "data.root": "/some/images",
+    "data.annotations": "/some/captions.json",
+    "data.splits.format": "coco",
     "data.splits": {"_target_": "mmtrans.data.shapes.shapes_splits", "_partial_": True},
 }
 
@@ -49,8 +51,8 @@ def test_every_option_composes_and_resolves(group: str, option: str) -> None:
     cfg = compose_cfg(f"{group}={option}")
     missing = OmegaConf.missing_keys(cfg)
     assert missing <= set(REQUIRED), f"{group}={option} leaves {missing - set(REQUIRED)} unset"
-    for key in missing:
-        OmegaConf.update(cfg, key, REQUIRED[key])
+    for key in sorted(missing, key=len):  # data.splits before data.splits.format
+        OmegaConf.update(cfg, key, REQUIRED[key], merge=True)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     for target in targets(cfg):
         assert callable(get_object(target)), target

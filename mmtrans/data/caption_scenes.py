@@ -131,6 +131,10 @@ class SceneCaptionDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples * (NUM_CAPTIONS if self.mode == "pairs" else 1)
 
+    def all_captions(self) -> list[str]:
+        """Every reference caption, without rendering images (tokenizer training)."""
+        return [c for scene in range(self.num_samples) for c in self.captions(scene)]
+
     def _global_index(self, scene: int) -> int:
         if scene < 0:
             scene += self.num_samples

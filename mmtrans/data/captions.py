@@ -66,6 +66,10 @@ class CaptionDataset(Dataset):
     def num_images(self) -> int:
         return len(self.records)
 
+    def all_captions(self) -> list[str]:
+        """Every reference caption, without opening images (tokenizer training)."""
+        return [c for r in self.records for c in r.captions]
+
     def _image(self, record: CaptionRecord) -> torch.Tensor:
         path = os.path.join(self.root, record.path) if self.root is not None else record.path
         image = load_image(path, "RGB", self.draft_size)

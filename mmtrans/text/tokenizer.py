@@ -89,6 +89,15 @@ class CaptionTokenizer:
         self.tokenizer.save(str(path / TOKENIZER_FILE))
         (path / SPECIALS_FILE).write_text(json.dumps(self.special_tokens, indent=2) + "\n")
 
+    def to_json(self) -> str:
+        """The whole tokenizer as one JSON string (stored inside checkpoints)."""
+        return json.dumps({"tokenizer": self.tokenizer.to_str(), "special_tokens": self.special_tokens})
+
+    @classmethod
+    def from_json(cls, text: str) -> CaptionTokenizer:
+        data = json.loads(text)
+        return cls(Tokenizer.from_str(data["tokenizer"]), **data["special_tokens"])
+
     @classmethod
     def load(cls, path_dir: str | os.PathLike) -> CaptionTokenizer:
         """Read a folder written by `save`."""

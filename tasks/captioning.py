@@ -1,0 +1,174 @@
+"""Image captioning as a LightningModule: teacher forcing, generation, COCO metrics.
+
+Training: cross-entropy on the shifted caption tokens (padding ignored, label smoothing).
+Validation/test: captions generated on the KV cache (greedy or beam search) and scored
+against all references with pycocoevalcap's BLEU-1..4, CIDEr-D and ROUGE-L. The tokenizer
+travels inside every checkpoint, so a checkpoint alone captions new images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from mmtrans.generation import caption_images
+from mmtrans.metrics import caption_scores
+from mmtrans.optim import param_groups, warmup_cosine
+from mmtrans.text import CaptionTokenizer
+from mmtrans.viz import caption_grid
+
+__all__ = ["CaptioningTask"]
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
+
+
+class CaptioningTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: CaptionTokenizer,
+        config: dict | None = None,
+        lr: float = 1e-3,
+        encoder_lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        max_len: int = 32,
+        generation: dict | None = None,
+        num_logged_samples: int = 6,
+    ) -> None:
+        """``generation``: ``num_beams`` (1 = greedy), ``max_new_tokens``, ``length_penalty``,
+        ``no_repeat_ngram_size``, ``min_new_tokens``. ``encoder_lr``: None = ``lr``."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "tokenizer"])
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation = {"num_beams": 1, "max_new_tokens": max_len - 1, **(generation or {})}
+        self._outputs: list[tuple[str, str, list[str]]] = []
+        self._sample_images: list[Tensor] = []  # the first few evaluated images, for the grid
+        self._truncation_warned = False
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, images: Tensor, tokens: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        return self.model(images, tokens, key_padding_mask=key_padding_mask)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        tokens, pad, n_truncated = self.tokenizer.encode_batch(batch["caption"], self.hparams.max_len)
+        if n_truncated and not self._truncation_warned:
+            self._truncation_warned = True
+            print(f"warning: {n_truncated} caption(s) in a batch were cut to task.max_len={self.hparams.max_len} "
+                  "tokens (warned once)")
+        tokens, pad = tokens.to(self.device), pad.to(self.device)
+        logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
+        # Mask by the padding mask, not by pad_id: GPT-2 style tokenizers use eos as pad.
+        target = tokens[:, 1:].masked_fill(pad[:, 1:], -100)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
+                               label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(tokens))
+        return loss
+
+    # -- generation and evaluation ----------------------------------------------------------
+    def generate(self, images: Tensor, **overrides: Any) -> list[str]:
+        """Captions for a batch of images (eval mode is the caller's business)."""
+        return caption_images(self.model, self.tokenizer, images, **{**self.generation, **overrides})
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        if len(self._sample_images) < self.hparams.num_logged_samples:
+            self._sample_images += list(batch["image"][: self.hparams.num_logged_samples - len(self._sample_images)])
+        for image_id, caption, refs in zip(batch["image_id"], self.generate(batch["image"]), batch["captions"]):
+            self._outputs.append((str(image_id), caption, list(refs)))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _gathered_outputs(self) -> list[tuple[str, str, list[str]]]:
+        outputs, self._outputs = self._outputs, []
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, outputs)
+            outputs = [o for part in parts for o in part]
+        return list({o[0]: o for o in outputs}.values())  # a distributed sampler may repeat images
+
+    def _score(self, split: str) -> list[tuple[str, str, list[str]]]:
+        outputs = self._gathered_outputs()
+        if not outputs:
+            return outputs
+        scores = caption_scores({i: c for i, c, _ in outputs}, {i: r for i, _, r in outputs})
+        for name in METRICS:  # every rank logs the same (gathered) value
+            self.log(f"{split}/{name}", scores[name], prog_bar=name in ("bleu4", "cider"))
+        samples, self._sample_images = self._sample_images, []
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            shown = outputs[: len(samples)]
+            for image_id, caption, refs in shown:
+                print(f"  [{split}] {image_id}: {caption!r}  (ref: {refs[0]!r})")
+            if shown:  # rank 0's first images are its first outputs (gathered rank-major)
+                folder = Path(self.trainer.default_root_dir) / "samples"
+                folder.mkdir(parents=True, exist_ok=True)
+                grid = caption_grid(samples[: len(shown)], [c for _, c, _ in shown], [r[0] for _, _, r in shown])
+                name = f"val_epoch{self.current_epoch:03d}.png" if split == "val" else f"{split}.png"
+                grid.save(folder / name)
+        return outputs
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        outputs = self._score("test")
+        if self.trainer.is_global_zero and outputs:
+            out = Path(self.trainer.default_root_dir) / "captions.json"
+            results = [{"image_id": i, "caption": c} for i, c, _ in outputs]  # COCO results format
+            out.write_text(json.dumps(results, indent=1) + "\n")
+
+    # -- checkpoint and optimiser ----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.to_json()  # a plain string: weights_only-safe
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        enc_lr = hp.encoder_lr if hp.encoder_lr is not None else hp.lr
+        groups = []
+        for name, module in self.model.named_children():
+            if any(p.requires_grad for p in module.parameters()):
+                groups += param_groups(module, enc_lr if name == "encoder" else hp.lr, hp.weight_decay)
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * hp.warmup_epochs / max(1, self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- construction from the config (train.py) -------------------------------------------
+    @classmethod
+    def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptioningTask:
+        """Tokenizer (trained on the training captions, or pretrained), model sized to its
+        vocabulary, data normalised like the encoder's weights, then the task."""
+        datamodule.setup("fit")
+        tok_cfg = cfg.task.get("tokenizer") or {}
+        if tok_cfg.get("pretrained"):
+            tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
+        else:
+            texts = datamodule.splits.train.all_captions()
+            tokenizer = CaptionTokenizer.train(texts, vocab_size=tok_cfg.get("vocab_size", 1000))
+        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
+        if cfg.data.get("mean") is None:
+            datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
+        config = OmegaConf.to_container(cfg, resolve=True)
+        # Record the normalisation in effect, so a checkpoint alone preprocesses new images.
+        config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}
+        return instantiate(kwargs, _partial_=True, _convert_="all")(model=model, tokenizer=tokenizer, config=config)
