@@ -68,7 +68,9 @@ class CaptioningTask(L.LightningModule):
         if n_truncated and not self._truncation_warned:
             self._truncation_warned = True
             print(f"warning: {n_truncated} caption(s) in a batch were cut to task.max_len={self.hparams.max_len} "
-                  "tokens (warned once)")
+                  "tokens (warned once; the epoch's count is logged as train/truncated_captions)")
+        self.log("train/truncated_captions", float(n_truncated), on_step=False, on_epoch=True, reduce_fx="sum",
+                 batch_size=1)
         tokens, pad = tokens.to(self.device), pad.to(self.device)
         logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
         # Mask by the padding mask, not by pad_id: GPT-2 style tokenizers use eos as pad.

@@ -96,9 +96,12 @@ def test_caption_table_data_through_the_config(tmp_path):
         w.writerows(rows)
     data = ["data=caption_table", f"data.root={images}", f"data.annotations={table}", "data.img_size=32",
             "data.batch_size=4", "data.splits.val_fraction=0.2", "data.splits.test_fraction=0.2"]
-    metrics, objects = train(compose_cfg(tmp_path / "run", "trainer.fast_dev_run=true", data=data))
+    metrics, objects = train(compose_cfg(tmp_path / "run", "trainer.fast_dev_run=true", "task.max_len=5",
+                                         "task.generation.max_new_tokens=4", data=data))
     assert METRICS <= metrics.keys()
     assert len(objects["datamodule"].splits.train) == 12  # 6 images x 2 captions, split by image
+    # "a picture number i" needs 6 tokens with bos/eos: some of the 4 captions are cut and counted
+    assert 1 <= metrics["train/truncated_captions"] <= 4
 
 
 @pytest.mark.skipif(not FLICKR.is_dir(), reason=f"real captions not found at {FLICKR}")
