@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["build_adamw", "param_groups", "warmup_cosine"]
+__all__ = ["adamw", "build_adamw", "param_groups", "warmup_cosine"]
 
 
 def param_groups(
@@ -51,7 +51,13 @@ def build_adamw(
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over ``param_groups``; the fused CUDA kernel when every parameter is on a GPU."""
-    groups = param_groups(model, lr, weight_decay, layer_decay)
+    return adamw(param_groups(model, lr, weight_decay, layer_decay), lr, betas, fused)
+
+
+def adamw(
+    groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW over prepared groups (e.g. several ``param_groups`` with their own lr)."""
     if fused is None:
         fused = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
-import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -22,9 +21,10 @@ from torch import Tensor, nn
 
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
-from mmtrans.optim import param_groups, warmup_cosine
+from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from mmtrans.viz import caption_grid
+from tasks.schedule import warmup_cosine_config
 
 __all__ = ["CaptioningTask"]
 
@@ -146,12 +146,7 @@ class CaptioningTask(L.LightningModule):
         for name, module in self.model.named_children():
             if any(p.requires_grad for p in module.parameters()):
                 groups += param_groups(module, enc_lr if name == "encoder" else hp.lr, hp.weight_decay)
-        fused = all(p.is_cuda for g in groups for p in g["params"])
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * hp.warmup_epochs / max(1, self.trainer.max_epochs or 1))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine_config(self.trainer, adamw(groups, hp.lr, hp.betas), hp.warmup_epochs, hp.min_lr_ratio)
 
     # -- construction from the config (train.py) -------------------------------------------
     @classmethod

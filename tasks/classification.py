@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
-from mmtrans.optim import build_adamw, warmup_cosine
+from mmtrans.optim import build_adamw
+from tasks.schedule import warmup_cosine_config
 
 __all__ = ["ClassificationTask"]
 
@@ -147,8 +148,4 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(total * hp.warmup_epochs / epochs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_cosine_config(self.trainer, opt, hp.warmup_epochs, hp.min_lr_ratio)
