@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 
+from mmtrans.data.procedural import ProceduralDataset
 from mmtrans.data.shapes import TEST_FIRST_INDEX, VAL_FIRST_INDEX, draw_shape, supersample_factor
 from mmtrans.data.splits import Splits
 
@@ -95,7 +95,7 @@ def scene_captions(shapes: list[SceneShape]) -> list[str]:
     ]
 
 
-class SceneCaptionDataset(Dataset):
+class SceneCaptionDataset(ProceduralDataset):
     """`num_samples` procedural scenes; scene i is fully determined by (seed, first_index + i).
 
     mode="images": `{"image": Tensor[3,H,W], "captions": [5 str], "image_id": str}` per scene
@@ -103,6 +103,9 @@ class SceneCaptionDataset(Dataset):
     `{"image", "caption": str, "image_id"}`, item k = scene k // 5 with its caption k % 5
     (training). With `transform=None` the image is a float tensor in [0, 1].
     """
+
+    min_img_size = 32
+    min_img_size_reason = "to draw three recognisable shapes"
 
     def __init__(
         self,
@@ -115,17 +118,7 @@ class SceneCaptionDataset(Dataset):
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if img_size < 32:
-            raise ValueError(f"img_size must be >= 32 to draw three recognisable shapes, got {img_size}")
-        if seed < 0 or first_index < 0:
-            raise ValueError(f"seed and first_index must be >= 0, got {seed} and {first_index}")
-        self.num_samples = num_samples
-        self.img_size = img_size
-        self.seed = seed
-        self.transform = transform
-        self.first_index = first_index
+        super().__init__(num_samples, img_size, seed, transform, first_index)
         self.mode = mode
 
     def __len__(self) -> int:
@@ -134,18 +127,6 @@ class SceneCaptionDataset(Dataset):
     def all_captions(self) -> list[str]:
         """Every reference caption, without rendering images (tokenizer training)."""
         return [c for scene in range(self.num_samples) for c in self.captions(scene)]
-
-    def _global_index(self, scene: int) -> int:
-        if scene < 0:
-            scene += self.num_samples
-        if not 0 <= scene < self.num_samples:
-            raise IndexError(
-                f"scene {scene} out of range for SceneCaptionDataset of {self.num_samples} scenes"
-            )
-        return self.first_index + scene
-
-    def _rng(self, scene: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self._global_index(scene)])
 
     def scene(self, scene: int) -> list[SceneShape]:
         """The shapes of scene `scene` (an index into the scenes, not into pairs)."""

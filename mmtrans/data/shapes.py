@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 
+from mmtrans.data.procedural import ProceduralDataset
 from mmtrans.data.splits import Splits
 
 # Every kind the renderer draws; the default class set leaves out the two that a small ViT
@@ -138,7 +138,7 @@ def supersample_factor(img_size: int) -> int:
     return max(1, min(4, 512 // img_size))
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(ProceduralDataset):
     """`num_samples` procedural images; sample i is fully determined by (seed, first_index + i).
 
     Items are dicts `{"image": Tensor[C,H,W], "label": int, "id": "shapes/<seed>/<index>"}`;
@@ -158,17 +158,7 @@ class ShapesDataset(Dataset):
         unknown = sorted(set(classes) - set(SHAPE_KINDS))
         if unknown or len(classes) < 2 or len(set(classes)) != len(classes):
             raise ValueError(f"shape classes must be >= 2 distinct names from {SHAPE_KINDS}, got {classes}")
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if img_size < 8:
-            raise ValueError(f"img_size must be >= 8 to draw recognisable shapes, got {img_size}")
-        if seed < 0 or first_index < 0:
-            raise ValueError(f"seed and first_index must be >= 0, got {seed} and {first_index}")
-        self.num_samples = num_samples
-        self.img_size = img_size
-        self.seed = seed
-        self.transform = transform
-        self.first_index = first_index
+        super().__init__(num_samples, img_size, seed, transform, first_index)
         self.class_names = classes
         # Pixel-centre coordinates in [0, 1], reused by every background gradient.
         axis = ((np.arange(img_size) + 0.5) / img_size).astype(np.float32)
@@ -177,13 +167,6 @@ class ShapesDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def _global_index(self, index: int) -> int:
-        if index < 0:
-            index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for ShapesDataset of {self.num_samples} samples")
-        return self.first_index + index
-
     def render(self, index: int) -> tuple[Image.Image, int]:
         """Draw sample `index` as an RGB PIL image; returns (image, label)."""
         pixels, label = self.render_array(index)
@@ -191,7 +174,7 @@ class ShapesDataset(Dataset):
 
     def render_array(self, index: int) -> tuple[np.ndarray, int]:
         """Draw sample `index` as a uint8 array [H, W, 3]; returns (array, label)."""
-        rng = np.random.default_rng([self.seed, self._global_index(index)])
+        rng = self._rng(index)
         label = int(rng.integers(len(self.class_names)))
         mask = self._draw_mask(rng, self.class_names[label])[..., None]
         background = self._background(rng)
