@@ -9,17 +9,31 @@ import numpy as np
 from torch.utils.data import Dataset
 
 
+# What a label means, and so which head, loss and metrics fit it. Datasets return
+# `label` as an int64 scalar tensor for binary / multiclass / ordinal (a grade 0..K-1) and as
+# a float32 0/1 vector of length K for multilabel; their `labels` array ([N] or [N, K]) holds
+# all of them at once (class weights, samplers, split stratification).
+LABEL_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
+
+
 @dataclass
 class Splits:
     """Train / val / test data sets of one classification problem.
 
     `test` is None when the source has no test split; the DataModule then tests on `val`.
+    `label_type` is one of LABEL_TYPES; None means the source does not say (plain
+    single-label classification: multiclass).
     """
 
     train: Dataset
     val: Dataset
     test: Dataset | None
     class_names: list[str]
+    label_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_type is not None and self.label_type not in LABEL_TYPES:
+            raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
 
     @property
     def num_classes(self) -> int:
