@@ -1,5 +1,19 @@
-"""Pictures of what models do: caption grids (attention maps come with the medical task)."""
+"""Pictures of what models do: caption grids, ViT attention heat maps and their overlays."""
 
+from .attention_maps import (
+    attention_maps,
+    attention_rollout,
+    heatmap_grid,
+    last_layer_cls_attention,
+    overlay_heatmap,
+)
 from .caption_grid import caption_grid
 
-__all__ = ["caption_grid"]
+__all__ = [
+    "attention_maps",
+    "attention_rollout",
+    "caption_grid",
+    "heatmap_grid",
+    "last_layer_cls_attention",
+    "overlay_heatmap",
+]
