@@ -12,9 +12,11 @@ from mmtrans.data.captions import CaptionDataset, caption_splits, collate_captio
 from mmtrans.data.cifar import CifarDataset, cifar_splits
 from mmtrans.data.image_folder import ImageFolderDataset, find_images, image_folder_splits
 from mmtrans.data.io import load_image
+from mmtrans.data.medical_csv import MedicalCsvDataset, medical_csv_splits
+from mmtrans.data.medical_io import is_dicom, load_medical_image
 from mmtrans.data.shapes import CLASSES as SHAPES_CLASSES
 from mmtrans.data.shapes import ShapesDataset, shapes_splits
-from mmtrans.data.splits import Splits, stratified_split
+from mmtrans.data.splits import Splits, group_split, stratified_split
 from mmtrans.data.transforms import build_transform, to_tensor
 
 __all__ = [
@@ -31,13 +33,18 @@ __all__ = [
     "scene_caption_splits",
     "CifarDataset",
     "ImageFolderDataset",
+    "MedicalCsvDataset",
     "ShapesDataset",
     "Splits",
     "build_transform",
     "cifar_splits",
     "find_images",
+    "group_split",
     "image_folder_splits",
+    "is_dicom",
     "load_image",
+    "load_medical_image",
+    "medical_csv_splits",
     "shapes_splits",
     "stratified_split",
     "to_tensor",

@@ -41,6 +41,11 @@ class CifarDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """[N] int64 class indices of this subset (class weights, samplers)."""
+        return np.asarray(self.targets, dtype=np.int64)[self.indices]
+
     def __getitem__(self, index: int) -> dict:
         row = self.indices[index]
         image = Image.fromarray(self.data[row], "RGB")

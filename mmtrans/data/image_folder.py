@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -50,6 +51,11 @@ class ImageFolderDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """[N] int64 class indices (class weights, samplers), without opening an image."""
+        return np.array([label for _, label in self.samples], dtype=np.int64)
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Dataset
-
 
 # What a label means, and so which head, loss and metrics fit it. Datasets return
 # `label` as an int64 scalar tensor for binary / multiclass / ordinal (a grade 0..K-1) and as
@@ -40,6 +39,24 @@ class Splits:
         return len(self.class_names)
 
 
+def dataset_labels(dataset: Dataset, name: str = "train") -> np.ndarray:
+    """A dataset's `labels` array ([N] int64 or [N, K] 0/1), read without loading images."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise ValueError(
+            f"the {name} data set ({type(dataset).__name__}) exposes no `labels` array, which class "
+            "weights and the weighted sampler need"
+        )
+    return np.asarray(labels)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class ([N] labels) or positives per label ([N, K] 0/1 labels), as float64."""
+    if labels.ndim == 2:
+        return labels.sum(axis=0).astype(np.float64)
+    return np.bincount(labels.astype(np.int64), minlength=num_classes).astype(np.float64)
+
+
 def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
     """Raise ValueError unless both fractions are in [0, 1) and leave something to train on."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -50,6 +67,16 @@ def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
             f"val_fraction + test_fraction must be < 1 so that train is not empty, "
             f"got {val_fraction} + {test_fraction}"
         )
+
+
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) of n items: a positive fraction gets at least one item, and train keeps
+    one when possible (taken from test before val)."""
+    n_val = max(round(n * val_fraction), 1) if val_fraction > 0 else 0
+    n_test = max(round(n * test_fraction), 1) if test_fraction > 0 else 0
+    n_test = max(0, min(n_test, n - 1 - n_val))
+    n_val = max(0, min(n_val, n - 1))
+    return n_val, n_test
 
 
 def stratified_split(
@@ -70,13 +97,30 @@ def stratified_split(
     for cls in np.unique(labels_arr):
         positions = np.flatnonzero(labels_arr == cls)
         positions = np.random.default_rng([seed, int(cls)]).permutation(positions)
-        n = len(positions)
-        n_val = max(round(n * val_fraction), 1) if val_fraction > 0 else 0
-        n_test = max(round(n * test_fraction), 1) if test_fraction > 0 else 0
-        # Keep one training sample per class when possible; take it from test before val.
-        n_test = max(0, min(n_test, n - 1 - n_val))
-        n_val = max(0, min(n_val, n - 1))
+        n_val, n_test = _split_sizes(len(positions), val_fraction, test_fraction)
         val.extend(positions[:n_val].tolist())
         test.extend(positions[n_val : n_val + n_test].tolist())
         train.extend(positions[n_val + n_test :].tolist())
     return sorted(train), sorted(val), sorted(test)
+
+
+def group_split(
+    groups: Sequence[Hashable], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> tuple[list[int], list[int], list[int]]:
+    """Split positions 0..len(groups)-1 so that all positions of a group land in one split.
+
+    The sorted unique groups are shuffled by np.random.default_rng(seed), so the split does
+    not depend on the row order; fractions count groups, with stratified_split's rule (a
+    positive fraction gets at least one group while train keeps one). Lists come back sorted.
+    """
+    check_fractions(val_fraction, test_fraction)
+    groups = list(groups)
+    unique = sorted(set(groups))
+    n_val, n_test = _split_sizes(len(unique), val_fraction, test_fraction)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    where = {unique[g]: 1 for g in order[:n_val]}
+    where.update({unique[g]: 2 for g in order[n_val : n_val + n_test]})
+    splits: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for position, group in enumerate(groups):
+        splits[where.get(group, 0)].append(position)
+    return splits

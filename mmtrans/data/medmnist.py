@@ -1,0 +1,217 @@
+"""MedMNIST v2 `.npz` files: the official layout, label types from the set's name, offline first.
+
+A file holds ``{train,val,test}_images`` (uint8 [N, H, W] grey or [N, H, W, 3] RGB) and
+``{train,val,test}_labels`` ([N, 1] for single-label sets, [N, K] for chestmnist; some
+re-saved copies store single labels flat as [N]: both are accepted). The label type comes
+from the set's name where MedMNIST defines it (``MEDMNIST_INFO``), else from ``label_type``.
+
+    medmnist_splits(path="breastmnist.npz", ...)                 # any local file, offline
+    medmnist_splits(name="pathmnist", root="data", size=64)      # data/pathmnist_64.npz
+    medmnist_splits(name="pathmnist", root="data", download=True) # fetch it once (online)
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mmtrans.data.splits import LABEL_TYPES, Splits
+
+__all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "medmnist_file_name", "medmnist_splits"]
+
+# The 2-D sets of MedMNIST v2 (Yang et al., Scientific Data 2023): label type and class
+# names as in medmnist's INFO (retinamnist grades are ordinal; MedMNIST's own baselines
+# train them as 5-way classification).
+MEDMNIST_INFO: dict[str, tuple[str, list[str]]] = {
+    "pathmnist": ("multiclass", ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                                 "normal colon mucosa", "cancer-associated stroma", "adenocarcinoma epithelium"]),
+    "chestmnist": ("multilabel", ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+                                  "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis",
+                                  "pleural", "hernia"]),
+    "dermamnist": ("multiclass", ["actinic keratoses", "basal cell carcinoma", "benign keratosis", "dermatofibroma",
+                                  "melanoma", "melanocytic nevi", "vascular lesions"]),
+    "octmnist": ("multiclass", ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"]),
+    "pneumoniamnist": ("binary", ["normal", "pneumonia"]),
+    "retinamnist": ("ordinal", ["0", "1", "2", "3", "4"]),
+    "breastmnist": ("binary", ["malignant", "normal or benign"]),
+    "bloodmnist": ("multiclass", ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
+                                  "monocyte", "neutrophil", "platelet"]),
+    "tissuemnist": ("multiclass", ["collecting duct, connecting tubule", "distal convoluted tubule",
+                                   "glomerular endothelial cells", "interstitial endothelial cells", "leukocytes",
+                                   "podocytes", "proximal tubule segments", "thick ascending limb"]),
+    **{
+        f"organ{axis}mnist": ("multiclass", ["bladder", "femur-left", "femur-right", "heart", "kidney-left",
+                                             "kidney-right", "liver", "lung-left", "lung-right", "pancreas", "spleen"])
+        for axis in "acs"
+    },
+}
+SIZES = (28, 64, 128, 224)
+# MedMNIST+ (v3) files on Zenodo; 28 px files carry no size suffix.
+DOWNLOAD_URL = "https://zenodo.org/records/10519652/files/{file}?download=1"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def medmnist_file_name(name: str, size: int = 28) -> str:
+    if size not in SIZES:
+        raise ValueError(f"MedMNIST size must be one of {SIZES}, got {size}")
+    return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
+
+
+class MedMNISTDataset(Dataset):
+    """One split of a MedMNIST file: ``{"image": transform(PIL), "label": ..., "id": "<file>/<split>/<i>"}``.
+
+    ``labels`` holds every label ([N] int64, or [N, K] float32 0/1 for multilabel) so that
+    class weights and samplers need not touch the images.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        label_type: str,
+        transform: Callable | None = None,
+        id_prefix: str = "medmnist",
+    ) -> None:
+        self.images = images
+        self.id_prefix = id_prefix
+        self.labels = labels
+        self.label_type = label_type
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        img = Image.fromarray(self.images[index])  # [H, W] -> "L", [H, W, 3] -> "RGB"
+        label = self.labels[index]
+        label_t = torch.from_numpy(label.copy()) if self.label_type == "multilabel" else torch.tensor(int(label))
+        return {"image": self.transform(img) if self.transform else img, "label": label_t,
+                "id": f"{self.id_prefix}/{index}"}
+
+
+def _resolve_file(path: str | None, name: str | None, root: str | None, size: int, download: bool) -> Path:
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"MedMNIST file {file} (data.path) does not exist")
+        return file
+    if not name:
+        raise ValueError("give a MedMNIST file (data.path=FILE.npz) or a set name (data.name=breastmnist)")
+    file = Path(root or ".") / medmnist_file_name(name, size)
+    if file.is_file():
+        return file
+    url = DOWNLOAD_URL.format(file=file.name)
+    if not download:
+        raise FileNotFoundError(
+            f"MedMNIST file {file} not found: place {file.name} there (from {url}), "
+            f"point data.path at a local .npz, or set data.download=true to fetch it"
+        )
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_suffix(".npz.part")
+    try:
+        urllib.request.urlretrieve(url, partial)  # noqa: S310 - a fixed https URL
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"cannot download {url} ({err}); without a network, place {file.name} in {file.parent} "
+            "or point data.path at a local copy"
+        ) from err
+    os.replace(partial, file)  # a half-downloaded file never looks complete
+    return file
+
+
+def _check_labels(labels: np.ndarray, label_type: str, num_classes: int, file: Path, key: str) -> np.ndarray:
+    """Labels as the datasets hold them, or a ValueError naming the file, key and shapes."""
+    n = len(labels)
+    if label_type == "multilabel":
+        if labels.ndim != 2 or labels.shape[1] != num_classes:
+            raise ValueError(
+                f"{file}: '{key}' has shape {labels.shape}; a multilabel set with {num_classes} labels "
+                f"needs [N, {num_classes}] 0/1 values"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"{file}: '{key}' holds values other than 0/1 for a multilabel set")
+        return labels.astype(np.float32)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{file}: '{key}' has shape {labels.shape}; a {label_type} set needs one label per image, "
+            f"[N] or [N, 1] (N={n}); several label columns mean label_type=multilabel"
+        )
+    labels = labels.astype(np.int64)
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{file}: '{key}' holds labels {labels.min()}..{labels.max()}, outside 0..{num_classes - 1} "
+            f"({num_classes} classes)"
+        )
+    return labels
+
+
+def medmnist_splits(
+    train_transform: Callable | None = None,
+    eval_transform: Callable | None = None,
+    path: str | None = None,
+    name: str | None = None,
+    root: str | None = None,
+    size: int = 28,
+    download: bool = False,
+    label_type: str | None = None,
+    class_names: list[str] | None = None,
+) -> Splits:
+    """Train/val/test of a MedMNIST `.npz` (``path``, or ``root/<name>[_<size>].npz``).
+
+    ``label_type`` and ``class_names`` override what the set's name implies; a file with an
+    unknown name needs ``label_type`` (class names then default to "0".."K-1").
+    """
+    file = _resolve_file(path, name, root, size, download)
+    known = MEDMNIST_INFO.get((name or file.stem.split("_")[0]).lower())
+    if label_type is None:
+        if known is None:
+            raise ValueError(
+                f"{file}: not a MedMNIST name I know ({', '.join(MEDMNIST_INFO)}); set data.label_type "
+                f"to one of {LABEL_TYPES}"
+            )
+        label_type = known[0]
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+    try:
+        archive = np.load(file)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read MedMNIST file {file}: {err}") from err
+    with archive:
+        missing = [f"{s}_{k}" for s in SPLIT_NAMES for k in ("images", "labels") if f"{s}_{k}" not in archive]
+        if missing:
+            raise ValueError(
+                f"{file} lacks {', '.join(missing)}; a MedMNIST file holds train/val/test _images and "
+                f"_labels (found: {', '.join(archive.files) or 'nothing'})"
+            )
+        arrays = {k: archive[k] for k in archive.files}
+    if class_names is None:
+        if known is not None and known[0] == label_type:
+            class_names = list(known[1])
+        else:
+            train_labels = arrays["train_labels"]
+            k = train_labels.shape[1] if label_type == "multilabel" else int(train_labels.max()) + 1
+            class_names = [str(i) for i in range(max(k, 2))]
+    num_classes = len(class_names)
+    datasets = []
+    for split in SPLIT_NAMES:
+        images = arrays[f"{split}_images"]
+        if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+            raise ValueError(
+                f"{file}: '{split}_images' is {images.dtype} {images.shape}; expected uint8 [N, H, W] or [N, H, W, 3]"
+            )
+        labels = _check_labels(arrays[f"{split}_labels"], label_type, num_classes, file, f"{split}_labels")
+        if len(labels) != len(images):
+            raise ValueError(f"{file}: {len(images)} {split}_images but {len(labels)} {split}_labels")
+        transform = train_transform if split == "train" else eval_transform
+        datasets.append(MedMNISTDataset(images, labels, label_type, transform, id_prefix=f"{file.stem}/{split}"))
+    return Splits(*datasets, class_names=class_names, label_type=label_type)
