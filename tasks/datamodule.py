@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from mmtrans.data.splits import Splits
+from mmtrans.data.splits import Splits, class_counts, dataset_labels
 from mmtrans.data.transforms import build_transform
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
 # Keys of `augment` that also shape the eval pipeline (resize ratio and resampling filter).
 _EVAL_KEYS = ("crop_pct", "interpolation")
+SAMPLERS = (None, "weighted")
+
+
+def _name(factory: Callable) -> str:
+    func = getattr(factory, "func", factory)  # functools.partial from `_partial_: true`
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
 
 
 class _SwappableTransform:
@@ -40,8 +47,10 @@ class DataModule(L.LightningDataModule):
     """Builds train/eval transforms, calls `splits(train_transform=..., eval_transform=...)`
     once in `setup()` and serves the three loaders.
 
-    `splits` is any callable returning `Splits`; `root`/`download`, when set, are passed to it (in configs, a `_partial_: true` factory such
-    as `mmtrans.data.shapes.shapes_splits`). `augment` holds keyword arguments of
+    `splits` is any callable returning `Splits` (in configs, a `_partial_: true` factory such
+    as `mmtrans.data.shapes.shapes_splits`); every other keyword (`root`, `download`, `path`,
+    ...) that is not None is passed on to it. `sampler="weighted"` draws training samples
+    with probability 1 / (size of their class), for imbalanced single-label data. `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
     Normalisation: explicit `mean`/`std`, else whatever `set_normalization` gave (the
     pretrained model's statistics), else 0.5 per channel.
@@ -50,9 +59,6 @@ class DataModule(L.LightningDataModule):
     def __init__(
         self,
         splits: Callable[..., Splits],
-        root: str | None = None,
-        download: bool | None = None,
-        annotations: str | None = None,
         collate: Callable | None = None,
         img_size: int = 32,
         in_chans: int = 3,
@@ -65,6 +71,8 @@ class DataModule(L.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         augment: dict | None = None,
+        sampler: str | None = None,
+        **source: Any,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -73,11 +81,14 @@ class DataModule(L.LightningDataModule):
             )
         if (mean is None) != (std is None):
             raise ValueError("set both data.mean and data.std, or neither")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.splits_factory = splits
-        # Where the data lives and whether it may be fetched: user-facing keys (data.root,
-        # data.download) forwarded to the split builder; None leaves the builder's default.
-        sources = (("root", root), ("download", download), ("annotations", annotations))
-        self.source_kwargs = {k: v for k, v in sources if v is not None}
+        # Where the data lives and how to read it: the other data.* keys (root, download,
+        # annotations, path, name, label_type, ...) go to the split builder; None leaves the
+        # builder's default.
+        self.source_kwargs = {k: v for k, v in source.items() if v is not None}
+        self.sampler = sampler
         self.collate = collate  # None: torch's default collate (image classification)
         self.img_size = img_size
         self.in_chans = in_chans
@@ -120,9 +131,18 @@ class DataModule(L.LightningDataModule):
                 _SwappableTransform(train_tf),
                 _SwappableTransform(eval_tf),
             )
-            splits = self.splits_factory(
-                train_transform=self._train_transform, eval_transform=self._eval_transform, **self.source_kwargs
-            )
+            try:
+                splits = self.splits_factory(
+                    train_transform=self._train_transform, eval_transform=self._eval_transform, **self.source_kwargs
+                )
+            except TypeError as err:
+                unknown = [k for k in self.source_kwargs if f"'{k}'" in str(err)]
+                if not unknown or "unexpected keyword" not in str(err):
+                    raise
+                raise ValueError(
+                    f"data.{unknown[0]} is not an option of this data set ({_name(self.splits_factory)}): "
+                    "check the spelling, or see its data config"
+                ) from err
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
             for name in ("train", "val", "test"):
@@ -165,12 +185,26 @@ class DataModule(L.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------
 
+    def _weighted_sampler(self, dataset: Dataset) -> WeightedRandomSampler:
+        """Draw each class equally often: sample weight 1 / (training samples of its class)."""
+        labels = dataset_labels(dataset)
+        if labels.ndim != 1:
+            raise ValueError(
+                "data.sampler=weighted needs one label per sample; for multilabel data use "
+                "task.class_weights=balanced (a per-label positive weight in the loss)"
+            )
+        counts = class_counts(labels, int(labels.max()) + 1)
+        weights = 1.0 / counts[labels]
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True)
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers > 0
+        sampler = self._weighted_sampler(dataset) if train and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and self.drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
