@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from mmtrans.models.heads import head_outputs
 from mmtrans.models.pretrained import check_state_dict
 
 __all__ = ["check_checkpoint_fits", "load_model"]
@@ -50,8 +51,8 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
         raise ValueError(f"checkpoint {path} carries no model config (hyper_parameters.config.model)")
     # The weights come from the checkpoint: never fetch pretrained weights again.
     overrides = {k: None for k in model_cfg if k.endswith("pretrained")}
-    if "num_classes" in info:
-        overrides["num_classes"] = info["num_classes"]
+    if "num_classes" in info:  # the head's size: one logit for binary labels
+        overrides["num_classes"] = head_outputs(info.get("label_type") or "multiclass", info["num_classes"])
     if "tokenizer" in ckpt:
         from mmtrans.text import CaptionTokenizer
 

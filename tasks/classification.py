@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
@@ -16,14 +17,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
 
+from mmtrans.data.splits import LABEL_TYPES, class_counts, dataset_labels
+from mmtrans.models.heads import head_outputs
 from mmtrans.optim import build_adamw
 from tasks.schedule import warmup_cosine_config
 
-__all__ = ["ClassificationTask"]
-
-LABEL_TYPES = ("multiclass", "multilabel")
+__all__ = ["ClassificationTask", "balanced_class_weights"]
 
 
 class ClassificationTask(L.LightningModule):
@@ -33,7 +34,8 @@ class ClassificationTask(L.LightningModule):
         num_classes: int,
         class_names: list[str] | None = None,
         config: dict | None = None,
-        label_type: str = "multiclass",
+        label_type: str | None = None,
+        class_weights: str | list[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -45,14 +47,28 @@ class ClassificationTask(L.LightningModule):
         freeze_encoder: bool = False,
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
-        ``prob``, ...), or None. ``freeze_encoder``: train the head only (linear probe)."""
+        ``prob``, ...), or None. ``freeze_encoder``: train the head only (linear probe).
+        ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
+        sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
+        grades are trained as classes, as MedMNIST's baselines do, so that AUC and ACC are
+        comparable with its tables). ``class_weights``: per-class loss weights (CE), or
+        positive weights (binary / multilabel BCE); ``build`` turns "balanced" into numbers
+        from the training label counts."""
         super().__init__()
+        label_type = label_type or "multiclass"
         if label_type not in LABEL_TYPES:
             raise ValueError(f"task.label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+        if isinstance(class_weights, str):
+            raise ValueError(f"task.class_weights={class_weights!r} is resolved by build(); pass numbers here")
+        if class_weights is not None and len(class_weights) != (1 if label_type == "binary" else num_classes):
+            raise ValueError(f"{len(class_weights)} class_weights for label_type={label_type}, {num_classes} classes")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         self.save_hyperparameters(ignore=["model"])
+        self.hparams.label_type = label_type
         self.model = model
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("loss_weight", weights, persistent=False)
         if freeze_encoder:
             model.encoder.requires_grad_(False)
         self.mixup = None
@@ -67,6 +83,8 @@ class ClassificationTask(L.LightningModule):
         n = self.hparams.num_classes
         if self.hparams.label_type == "multilabel":
             return MetricCollection({"acc": MultilabelAccuracy(num_labels=n)}, prefix=prefix)
+        if self.hparams.label_type == "binary":
+            return MetricCollection({"acc": BinaryAccuracy()}, prefix=prefix)
         metrics = {"acc": MulticlassAccuracy(num_classes=n, top_k=1, average="micro")}
         if n > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
@@ -76,11 +94,23 @@ class ClassificationTask(L.LightningModule):
         return self.model(images)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        if target.is_floating_point() and target.ndim == 2:  # mixup soft targets or multi-label
-            if self.hparams.label_type == "multilabel":
-                return F.binary_cross_entropy_with_logits(logits, target)
-            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+        label_type, weight = self.hparams.label_type, self.loss_weight
+        if label_type == "binary":
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target.float(), pos_weight=weight)
+        if label_type == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=weight)
+        if target.is_floating_point():  # mixup's soft targets
+            log_probs = F.log_softmax(logits, dim=-1)
+            if weight is not None:
+                log_probs = log_probs * weight
+            return torch.sum(-target * log_probs, dim=-1).mean()
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.hparams.label_smoothing)
+
+    def probs(self, logits: Tensor) -> Tensor:
+        """Scores the metrics read: [B] positive probability (binary), [B, K] otherwise."""
+        if self.hparams.label_type == "binary":
+            return logits[:, 0].sigmoid()
+        return logits.sigmoid() if self.hparams.label_type == "multilabel" else logits.softmax(-1)
 
     def _targets(self, batch: dict[str, Any]) -> Tensor:
         y = batch["label"]
@@ -98,8 +128,10 @@ class ClassificationTask(L.LightningModule):
         logits = self(images)
         loss = self.loss(logits, target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
-        if self.hparams.label_type == "multiclass":
-            acc = (logits.argmax(-1) == hard).float().mean()  # on mixed images: a rough signal only
+        if self.hparams.label_type != "multilabel":
+            # On mixed images a rough signal only.
+            pred = logits[:, 0] > 0 if self.hparams.label_type == "binary" else logits.argmax(-1)
+            acc = (pred == hard).float().mean()
             self.log("train/acc", acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
@@ -109,7 +141,7 @@ class ClassificationTask(L.LightningModule):
         loss = self.loss(logits, target)
         prefix = metrics.prefix
         self.log(f"{prefix}loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target), prog_bar=True)
-        metrics.update(logits, target.long() if self.hparams.label_type == "multilabel" else target)
+        metrics.update(self.probs(logits), target.long() if self.hparams.label_type == "multilabel" else target)
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
@@ -120,8 +152,7 @@ class ClassificationTask(L.LightningModule):
         return self._eval_step(batch, self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch["image"])
-        return logits.sigmoid() if self.hparams.label_type == "multilabel" else logits.softmax(-1)
+        return self.probs(self(batch["image"]))
 
     @classmethod
     def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> ClassificationTask:
@@ -129,6 +160,7 @@ class ClassificationTask(L.LightningModule):
         like its pretrained weights unless the data config pins mean/std, then the task."""
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
+        label_type = cfg.task.get("label_type") or datamodule.splits.label_type or "multiclass"
         if cfg.model.get("num_classes") not in (None, num_classes):
             names = datamodule.class_names
             raise ValueError(
@@ -136,16 +168,40 @@ class ClassificationTask(L.LightningModule):
                 f"({', '.join(names[:10])}{', ...' if num_classes > 10 else ''}); "
                 "leave model.num_classes=null to take it from the data"
             )
-        model = instantiate(cfg.model, num_classes=num_classes, _convert_="all")
+        model = instantiate(cfg.model, num_classes=head_outputs(label_type, num_classes), _convert_="all")
         if cfg.data.get("mean") is None:
             datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
         # A partial: `config` would clash with instantiate's own first argument.
+        class_weights = cfg.task.get("class_weights")
+        if class_weights == "balanced":
+            labels = dataset_labels(datamodule.splits.train)
+            class_weights = balanced_class_weights(labels, label_type, num_classes)
         return instantiate(cfg.task, _partial_=True, _convert_="all")(
             model=model, num_classes=num_classes, class_names=list(datamodule.class_names),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            config=OmegaConf.to_container(cfg, resolve=True), label_type=label_type, class_weights=class_weights,
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
         return warmup_cosine_config(self.trainer, opt, hp.warmup_epochs, hp.min_lr_ratio)
+
+
+def balanced_class_weights(labels: Any, label_type: str, num_classes: int) -> list[float]:
+    """Loss weights from training label counts ([N] or [N, K] array).
+
+    multiclass / ordinal: n / (K * n_c) per class (scikit-learn's "balanced"); binary and
+    multilabel: n_negative / n_positive per label, BCE's ``pos_weight``.
+    """
+    labels = np.asarray(labels)
+    counts = class_counts(labels, num_classes)
+    n = float(len(labels))
+    if label_type in ("binary", "multilabel"):
+        positives = counts[1:2] if label_type == "binary" else counts
+        if (positives == 0).any() or (positives == n).any():
+            raise ValueError(f"task.class_weights=balanced: a label is never (or always) positive in train {positives}")
+        return [float(w) for w in (n - positives) / positives]
+    if (counts == 0).any():
+        empty = [i for i, c in enumerate(counts) if c == 0]
+        raise ValueError(f"task.class_weights=balanced: classes {empty} have no training samples")
+    return [float(w) for w in n / (num_classes * counts)]

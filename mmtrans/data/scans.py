@@ -105,20 +105,20 @@ class MedicalScansDataset(ProceduralDataset):
                 continue
             if kind == "nodule":
                 x, y = spot()
-                pixels += rng.uniform(0.25, 0.4) * self._disc(x, y, rng.uniform(0.06, 0.1) * s, soft=1.5)
+                pixels += rng.uniform(0.3, 0.45) * self._disc(x, y, rng.uniform(0.07, 0.11) * s)
             elif kind == "calcification":
                 x, y = spot()
                 for _ in range(rng.integers(3, 7)):
-                    px, py = x + rng.normal(0, 0.035 * s), y + rng.normal(0, 0.035 * s)
-                    pixels += rng.uniform(0.45, 0.6) * np.exp(-((self._x - px) ** 2 + (self._y - py) ** 2) / 0.5)
+                    px, py = x + rng.normal(0, 0.04 * s), y + rng.normal(0, 0.04 * s)
+                    pixels += rng.uniform(0.55, 0.75) * np.exp(-((self._x - px) ** 2 + (self._y - py) ** 2) / 1.0)
             elif kind == "cyst":
                 x, y = spot()
-                r = rng.uniform(0.08, 0.12) * s
-                inner = self._disc(x, y, r - 1.0)
-                pixels += 0.2 * (self._disc(x, y, r) - inner) - rng.uniform(0.2, 0.3) * inner
+                r = rng.uniform(0.1, 0.14) * s
+                inner = self._disc(x, y, r - 1.5)
+                pixels += 0.25 * (self._disc(x, y, r) - inner) - rng.uniform(0.25, 0.35) * inner
             elif kind == "streak":
-                pixels += rng.uniform(0.3, 0.4) * self._segment(rng, cx, cy, 0.6 * ax, 0.6 * ay,
-                                                                rng.uniform(0.25, 0.4) * s, width=1.0)
+                pixels += rng.uniform(0.3, 0.45) * self._segment(rng, cx, cy, 0.6 * ax, 0.6 * ay,
+                                                                 rng.uniform(0.3, 0.45) * s, width=1.5)
         pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(rng.uniform(0.01, 0.03))
         keep = [FINDINGS.index(f) for f in self.class_names]
         image = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -167,7 +167,7 @@ class MedicalScansDataset(ProceduralDataset):
 def medical_scans_splits(
     train_transform: Callable[[Image.Image], torch.Tensor] | None = None,
     eval_transform: Callable[[Image.Image], torch.Tensor] | None = None,
-    num_train: int = 8000,
+    num_train: int = 12000,
     num_val: int = 1000,
     num_test: int = 2000,
     img_size: int = 32,

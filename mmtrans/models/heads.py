@@ -6,7 +6,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["ClassifierHead", "ImageClassifier", "pool_tokens"]
+__all__ = ["ClassifierHead", "ImageClassifier", "head_outputs", "pool_tokens"]
+
+
+def head_outputs(label_type: str, num_classes: int) -> int:
+    """Logits a head needs for a label type: one for binary (a sigmoid score, as a threshold
+    and an AUC want), one per class or label otherwise."""
+    return 1 if label_type == "binary" else num_classes
 
 
 def pool_tokens(x: Tensor, pool: str, num_prefix_tokens: int) -> Tensor:
