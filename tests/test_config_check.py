@@ -1,0 +1,65 @@
+"""Every shipped config passes the start-up check; typos and wrong types fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from tasks.config_check import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+# Values that these groups leave `???` for the user.
+NEEDS = {"imagefolder": ["data.root=x"], "finetune": ["data.root=x"], "medical_csv": ["data.annotations=x.csv"],
+         "coco": ["data.annotations=a", "data.root=b"], "karpathy": ["data.annotations=a", "data.root=b"],
+         "flickr8k": ["data.annotations=a", "data.root=b"], "caption_table": ["data.annotations=a", "data.root=b"]}
+CAPTION_DATA = {"scenes", "captions", "coco", "karpathy", "flickr8k", "caption_table"}
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, "paths.output_dir=/tmp/unused"])
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem not in ("datamodule", "image_classifier"))
+
+
+def test_every_shipped_config_passes() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for group in ("data", "model", "trainer", "logger", "callbacks", "debug", "experiment", "task"):
+            for choice in choices(group):
+                task = []
+                if group == "data":
+                    task = ["task=captioning"] if choice in CAPTION_DATA else ["task=classification"]
+                if group == "model":
+                    task = ["task=captioning"] if choice.startswith("captioner") else []
+                overrides = [*task, f"{group}={choice}", *NEEDS.get(choice, []), "paths.output_dir=/tmp/unused"]
+                check_config(compose("config", overrides=overrides))
+
+
+def test_key_that_is_no_argument_is_named_with_a_suggestion() -> None:
+    # A YAML typo (simulated with `+`, which adds a key): Hydra accepts it, the check does not.
+    with pytest.raises(ValueError, match=r"task.lrr: MedicalTask has no argument 'lrr'; did you mean 'lr'\?"):
+        check_config(compose_cfg("task=medical", "+task.lrr=1e-3"))
+    with pytest.raises(ValueError, match=r"data.splits.num_trian: shapes_splits has no argument 'num_trian'"):
+        check_config(compose_cfg("+data.splits.num_trian=5"))
+
+
+def test_wrong_types_are_named() -> None:
+    with pytest.raises(ValueError) as info:
+        check_config(compose_cfg("task.lr=abc", "trainer.max_epochs=1.5", "task.freeze_encoder=maybe"))
+    message = str(info.value)
+    assert "task.lr='abc': ClassificationTask(lr: float)" in message
+    assert "trainer.max_epochs=1.5: Trainer(max_epochs: int | None)" in message
+    assert "task.freeze_encoder='maybe'" in message
+    check_config(compose_cfg("task.lr=1", "trainer.max_epochs=3"))  # an int where a float goes is fine
+
+
+def test_misspelled_override_fails_at_composition() -> None:
+    # Hydra's struct mode: an override of a key that does not exist names the key.
+    with pytest.raises(ConfigCompositionException, match="task.lrr"):
+        compose_cfg("task.lrr=1e-3")
