@@ -143,6 +143,8 @@ class MedicalTask(ClassificationTask):
         out = Path(self.trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         title = f"{self.hparams.label_type} classification, {n} test samples, threshold {self.hparams.threshold}"
+        if self.hparams.label_type == "binary" and self.hparams.class_names:
+            title += f", positive class: {self.hparams.class_names[1]}"
         (out / "report.md").write_text(format_report(values, ci or None, title, level=self.hparams.ci_level) + "\n")
         (out / "test_metrics.json").write_text(json.dumps(values, indent=2, allow_nan=True) + "\n")
         if self._heatmap_batch and self.hparams.num_heatmaps > 0:
