@@ -3,6 +3,7 @@
     python train.py task=classification
     python train.py task=classification data=imagefolder data.root=DIR model=vit_small
     python train.py task=classification train=false ckpt_path=outputs/.../checkpoints/last.ckpt
+    python train.py task=classification resume_from=outputs/classification/runs/<run>  # a killed run
     python train.py -m task.lr=1e-3,3e-4          # a sweep; each run returns cfg.optimized_metric
 
 `train(cfg)` does the work and can be called with a config from `hydra.compose` (tests do);
@@ -11,9 +12,13 @@ it reads the run folder from `cfg.paths.output_dir` and nothing else from Hydra.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import subprocess
+import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +27,11 @@ import pytorch_lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 
 from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
+from tasks.config_check import check_config
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -37,6 +44,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError(
             f"no value given for {', '.join(missing)}: set it on the command line ({missing[0]}=...)"
         )
+    check_config(cfg)  # unknown keys, wrong types: now, not after the data is read
+    if cfg.resume_from:
+        cfg = _continue_run(cfg)
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("train=false evaluates a trained model: give its checkpoint as ckpt_path=...")
     output_dir = Path(cfg.paths.output_dir)
@@ -47,14 +57,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = instantiate(cfg.data, _convert_="all")
     task = get_class(cfg.task._target_).build(cfg, datamodule)
     model = task.model
+    loggers = _instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_each(cfg.get("callbacks")),
-        logger=_instantiate_each(cfg.get("logger")) or False,
+        logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         _convert_="all",
     )
+    if cfg.resume_from and trainer.is_global_zero:
+        # Keep what the run wrote before: CSVLogger would delete its metrics.csv, and the
+        # metrics.json of a finished run (resumed to train longer) would be overwritten.
+        csv_files = [Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger)]
+        for path in (output_dir / "metrics.json", *csv_files):
+            _set_aside(path)
 
+    if trainer.is_global_zero:
+        _write_run_info(cfg, output_dir)
     if cfg.ckpt_path:
         check_checkpoint_fits(task, cfg.ckpt_path)  # a clear error now, not a size mismatch later
     metrics: dict[str, Any] = {}
@@ -81,6 +100,61 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print(_summary(cfg, metrics, output_dir))
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "task": task, "trainer": trainer}
     return metrics, objects
+
+
+def _continue_run(cfg: DictConfig) -> DictConfig:
+    """`resume_from=<run dir>`: the config that continues that run from its checkpoints/last.ckpt,
+    writing into that run's folder rather than into a new one.
+
+    Its own folder because ModelCheckpoint reloads its bookkeeping (best score, top-k files)
+    only when its dirpath is unchanged: elsewhere the best checkpoint, `val/acc_best` and the
+    test on the best weights would cover only the epochs after the resume.
+    """
+    run_dir = Path(cfg.resume_from)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path:
+        raise ValueError(
+            f"set resume_from or ckpt_path, not both: resume_from={run_dir} resumes from {last}, "
+            f"ckpt_path={cfg.ckpt_path} starts a new run folder from that checkpoint"
+        )
+    if not cfg.train:
+        raise ValueError("resume_from continues training; to evaluate a checkpoint use train=false ckpt_path=...")
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"resume_from={run_dir}: no checkpoint to resume from at {last} (a run writes it after each epoch)"
+        )
+    cfg = copy.deepcopy(cfg)
+    cfg.paths.output_dir = str(run_dir)
+    cfg.ckpt_path = str(last)
+    return cfg
+
+
+def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
+    """The resolved config (every interpolation filled in, unlike .hydra/config.yaml) and the
+    code version: `git` commit and whether the tree had uncommitted changes, when available."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    root = Path(__file__).resolve().parent
+    git = {"commit": None, "dirty": None}
+    try:
+        run = partial(subprocess.run, cwd=root, capture_output=True, text=True, timeout=10, check=True)
+        git["commit"] = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        git["dirty"] = bool(run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (an installed copy), or no git
+    (output_dir / "run_info.json").write_text(json.dumps({"git": git, "command": sys.argv}, indent=2) + "\n")
+
+
+def _set_aside(path: Path) -> None:
+    """Rename `path` to the first free `<stem>.<n><suffix>` (metrics.1.json, ...), if it exists."""
+    if not path.is_file():
+        return
+    n = 1
+    while (aside := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(aside)
+    print(f"resume_from: kept the earlier {path.name} as {aside}")
 
 
 def _instantiate_each(group: DictConfig | None) -> list[Any]:

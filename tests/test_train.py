@@ -58,6 +58,10 @@ def test_fast_dev_run_writes_metrics(tmp_path: Path) -> None:
     assert read_metrics(tmp_path) == metrics
     assert METRIC_KEYS <= metrics.keys()
     assert metrics["best_ckpt"] is None  # fast_dev_run saves no checkpoint worth testing
+    # The resolved config and the code version sit beside the metrics.
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert set(info["git"]) == {"commit", "dirty"}
+    assert f"output_dir: {tmp_path}" in (tmp_path / "config_resolved.yaml").read_text()
     assert all(isinstance(metrics[k], float) for k in METRIC_KEYS - {"best_ckpt"})
     assert objects["datamodule"].num_classes == objects["task"].hparams.num_classes == 6
 
