@@ -230,6 +230,15 @@ def medical_metrics(
     return out
 
 
+def _canonical_order(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows sorted by (target, probs) lexicographically: a permutation of the input rows."""
+    keys = torch.cat([target.reshape(len(target), -1).double(), probs.reshape(len(probs), -1).double()], 1)
+    order = torch.arange(len(keys))
+    for col in reversed(range(keys.shape[1])):  # stable sorts, last key first = lexicographic
+        order = order[torch.sort(keys[order, col], stable=True).indices]
+    return probs[order], target[order]
+
+
 def bootstrap_ci(
     probs: Tensor,
     target: Tensor,
@@ -246,7 +255,9 @@ def bootstrap_ci(
     counts for a metric only where the metric is defined: for ``auc``, every class whose AUC is defined
     on the full data must be defined in the resample (so the macro mean is over the same classes);
     ``sensitivity`` / ``specificity`` average the classes defined in each resample, as medical_metrics
-    does. With fewer than half the resamples usable the interval is (nan, nan).
+    does. With fewer than half the resamples usable the interval is (nan, nan). Rows are put in a
+    canonical order first, so the interval does not depend on the order predictions arrive in (one
+    process, or several whose shards are gathered rank by rank).
     """
     probs, target = _check_inputs(probs, target, label_type)
     allowed = ["auc", "acc", "sensitivity", "specificity", "ece"]
@@ -258,6 +269,7 @@ def bootstrap_ci(
         raise ValueError(
             f"need 0 < level < 1 and num_samples >= 1, got level={level}, num_samples={num_samples}"
         )
+    probs, target = _canonical_order(probs, target)
     n = len(target)
     scores, positive = _auc_columns(probs, target, label_type)
     defined = ~_roc_auc(scores, positive)[0].isnan()

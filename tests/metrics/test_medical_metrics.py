@@ -21,6 +21,7 @@ from torchmetrics.classification import CalibrationError
 import mmtrans.metrics.medical as medical
 from mmtrans.data.splits import LABEL_TYPES
 from mmtrans.metrics import bootstrap_ci, format_report, medical_metrics
+from mmtrans.metrics.medical import _canonical_order
 
 K = 4
 
@@ -278,6 +279,7 @@ def test_bootstrap_recomputes_medical_metrics_on_each_resample(label_type):
         ["mae", "qwk"] if label_type == "ordinal" else []
     )
     ci = bootstrap_ci(probs, target, label_type, metrics=names, num_samples=20, level=0.8, seed=3)
+    probs, target = _canonical_order(probs, target)  # bootstrap_ci's row order
     rows = torch.randint(0, 60, (20, 60), generator=torch.Generator().manual_seed(3))  # the same draws
     per_resample = [medical_metrics(probs[r], target[r], label_type) for r in rows]
     for name in names:
@@ -318,3 +320,14 @@ def test_module_stays_plain_torch():
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     roots = {name.split(".")[0] for name in imported}
     assert not roots & {"lightning", "pytorch_lightning", "hydra", "tasks"}
+
+
+def test_bootstrap_ci_does_not_depend_on_row_order():
+    # DDP gathers predictions rank by rank: the same rows in another order, the same CI.
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(60, 3, generator=g).softmax(-1)
+    target = torch.randint(0, 3, (60,), generator=g)
+    perm = torch.randperm(60, generator=g)
+    a = bootstrap_ci(probs, target, "multiclass", num_samples=200)
+    b = bootstrap_ci(probs[perm], target[perm], "multiclass", num_samples=200)
+    assert a == b
