@@ -10,6 +10,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tasks.config_check import check_config
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Groups picked on the command line; `specialize` is picked by interpolation (see config.yaml).
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "specialize")
@@ -56,6 +58,7 @@ def test_every_option_composes_and_resolves(group: str, option: str) -> None:
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     for target in targets(cfg):
         assert callable(get_object(target)), target
+    check_config(cfg)  # keys and simple types fit the constructors (what train.py checks first)
 
 
 def test_specialize_files_name_an_existing_combination() -> None:
