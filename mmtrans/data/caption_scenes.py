@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mmtrans.data.procedural import ProceduralDataset
-from mmtrans.data.shapes import TEST_FIRST_INDEX, VAL_FIRST_INDEX, draw_shape, supersample_factor
+from mmtrans.data.procedural import ProceduralDataset, disjoint_splits
+from mmtrans.data.shapes import draw_shape, supersample_factor
 from mmtrans.data.splits import Splits
 
 SCENE_KINDS = ["circle", "square", "triangle", "cross", "ring"]
@@ -239,11 +239,10 @@ def scene_caption_splits(
     train_mode: str = "pairs",
 ) -> Splits:
     """Train (pairs by default) / val / test (images: all references) from disjoint index ranges."""
-    if num_train > VAL_FIRST_INDEX or num_val > TEST_FIRST_INDEX - VAL_FIRST_INDEX:
-        raise ValueError(f"num_train and num_val must be <= {VAL_FIRST_INDEX}")
-    return Splits(
-        train=SceneCaptionDataset(num_train, img_size, seed, train_transform, 0, train_mode),
-        val=SceneCaptionDataset(num_val, img_size, seed, eval_transform, VAL_FIRST_INDEX, "images"),
-        test=SceneCaptionDataset(num_test, img_size, seed, eval_transform, TEST_FIRST_INDEX, "images"),
-        class_names=[],
+    train, val, test = disjoint_splits(
+        lambda n, first, transform, split: SceneCaptionDataset(
+            n, img_size, seed, transform, first, train_mode if split == "train" else "images"
+        ),
+        num_train, num_val, num_test, train_transform, eval_transform,
     )
+    return Splits(train=train, val=val, test=test, class_names=[])

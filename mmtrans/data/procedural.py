@@ -7,13 +7,19 @@ sample renders on its own (random access, data-loader workers) and identically e
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["ProceduralDataset"]
+__all__ = ["TEST_FIRST_INDEX", "VAL_FIRST_INDEX", "ProceduralDataset", "disjoint_splits"]
+
+# Val and test live at fixed, far-away index ranges of the same seed: no image is shared
+# with train, and the val/test sets do not change when num_train changes.
+VAL_FIRST_INDEX = 1_000_000_000
+TEST_FIRST_INDEX = 2_000_000_000
 
 
 class ProceduralDataset(Dataset):
@@ -50,3 +56,25 @@ class ProceduralDataset(Dataset):
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self._global_index(index)])
+
+
+D = TypeVar("D", bound=Dataset)
+
+
+def disjoint_splits(
+    make: Callable[[int, int, Callable | None, str], D],
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    train_transform: Callable | None,
+    eval_transform: Callable | None,
+) -> tuple[D, D, D]:
+    """(train, val, test) from ``make(num_samples, first_index, transform, split)``, each split
+    drawn from its own index range of one seed."""
+    if num_train > VAL_FIRST_INDEX or num_val > TEST_FIRST_INDEX - VAL_FIRST_INDEX:
+        raise ValueError(f"num_train and num_val must be <= {VAL_FIRST_INDEX}")
+    return (
+        make(num_train, 0, train_transform, "train"),
+        make(num_val, VAL_FIRST_INDEX, eval_transform, "val"),
+        make(num_test, TEST_FIRST_INDEX, eval_transform, "test"),
+    )

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmtrans.data.procedural import ProceduralDataset
-from mmtrans.data.shapes import TEST_FIRST_INDEX, VAL_FIRST_INDEX
+from mmtrans.data.procedural import ProceduralDataset, disjoint_splits
 from mmtrans.data.splits import Splits
 
 __all__ = ["FINDINGS", "MedicalScansDataset", "medical_scans_splits"]
@@ -176,10 +175,9 @@ def medical_scans_splits(
     prevalence: float = 0.3,
 ) -> Splits:
     """Train / val / test scans from disjoint index ranges of one seed (multilabel)."""
-    if num_train > VAL_FIRST_INDEX or num_val > TEST_FIRST_INDEX - VAL_FIRST_INDEX:
-        raise ValueError(f"num_train and num_val must be <= {VAL_FIRST_INDEX}")
     kw = {"img_size": img_size, "seed": seed, "findings": findings, "prevalence": prevalence}
-    train = MedicalScansDataset(num_train, transform=train_transform, first_index=0, **kw)
-    val = MedicalScansDataset(num_val, transform=eval_transform, first_index=VAL_FIRST_INDEX, **kw)
-    test = MedicalScansDataset(num_test, transform=eval_transform, first_index=TEST_FIRST_INDEX, **kw)
+    train, val, test = disjoint_splits(
+        lambda n, first, transform, _: MedicalScansDataset(n, transform=transform, first_index=first, **kw),
+        num_train, num_val, num_test, train_transform, eval_transform,
+    )
     return Splits(train, val, test, class_names=list(train.class_names), label_type="multilabel")

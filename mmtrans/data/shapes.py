@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mmtrans.data.procedural import ProceduralDataset
+from mmtrans.data.procedural import ProceduralDataset, disjoint_splits
 from mmtrans.data.splits import Splits
 
 # Every kind the renderer draws; the default class set leaves out the two that a small ViT
@@ -35,10 +35,6 @@ MIN_SIZE, MAX_SIZE = 0.4, 0.85
 # learns the shapes in minutes; with both signs it needed several times as many steps.
 MIN_CONTRAST = 0.3
 MAX_BACKGROUND = 0.55  # per channel, so that a lighter shape colour always exists
-# Val and test live at fixed, far-away index ranges of the same seed: no image is shared
-# with train, and the val/test sets do not change when num_train changes.
-VAL_FIRST_INDEX = 1_000_000_000
-TEST_FIRST_INDEX = 2_000_000_000
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # PIL's RGB -> "L" weights
 
 
@@ -247,11 +243,8 @@ def shapes_splits(
     classes: Sequence[str] | None = None,
 ) -> Splits:
     """Train / val / test shapes data sets drawn from disjoint index ranges of one seed."""
-    if num_train > VAL_FIRST_INDEX or num_val > TEST_FIRST_INDEX - VAL_FIRST_INDEX:
-        raise ValueError(f"num_train and num_val must be <= {VAL_FIRST_INDEX}")
-    train = ShapesDataset(num_train, img_size, seed, train_transform, first_index=0, classes=classes)
-    val = ShapesDataset(num_val, img_size, seed, eval_transform, first_index=VAL_FIRST_INDEX, classes=classes)
-    test = ShapesDataset(
-        num_test, img_size, seed, eval_transform, first_index=TEST_FIRST_INDEX, classes=classes
+    train, val, test = disjoint_splits(
+        lambda n, first, transform, _: ShapesDataset(n, img_size, seed, transform, first, classes=classes),
+        num_train, num_val, num_test, train_transform, eval_transform,
     )
     return Splits(train=train, val=val, test=test, class_names=list(train.class_names))
