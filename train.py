@@ -32,6 +32,7 @@ from pytorch_lightning.loggers import CSVLogger
 from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
 from tasks.config_check import check_config
+from tasks.speed import apply_speed_options
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = instantiate(cfg.data, _convert_="all")
     task = get_class(cfg.task._target_).build(cfg, datamodule)
     model = task.model
+    apply_speed_options(model, cfg.compile, cfg.channels_last, cfg.grad_checkpointing)
     loggers = _instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,

@@ -59,3 +59,20 @@ def test_bf16_mixed_training_step():
     trainer.fit(task, DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     assert all(g.get("fused") for g in trainer.optimizers[0].param_groups)
+
+
+def test_grad_checkpointing_lowers_peak_memory_on_a_long_sequence():
+    from tasks.speed import apply_speed_options
+
+    model = create_image_classifier("vit_small", num_classes=10, img_size=512).cuda().train()
+    x = torch.randn(4, 3, 512, 512, device="cuda")  # 1024 tokens per image
+
+    def peak() -> int:
+        torch.cuda.reset_peak_memory_stats()
+        model(x).float().logsumexp(-1).mean().backward()
+        model.zero_grad(set_to_none=True)
+        return torch.cuda.max_memory_allocated()
+
+    plain = peak()
+    apply_speed_options(model, grad_checkpointing=True)
+    assert peak() < 0.7 * plain

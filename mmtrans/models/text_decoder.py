@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mmtrans.nn import Block, BlockCache
 
@@ -64,6 +65,7 @@ class TextDecoder(nn.Module):
         """``context_dim``: width of the cross-attention context (image tokens); ``None`` =
         ``embed_dim``. ``drop_rate`` applies to the embeddings and each residual branch."""
         super().__init__()
+        self.grad_checkpointing = False
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.embed_dim = embed_dim
@@ -155,12 +157,17 @@ class TextDecoder(nn.Module):
             raise ValueError("this decoder has no cross-attention (cross_attention=False) but got a `context`")
         pos = torch.arange(start, start + L, device=tokens.device)
         x = self.drop(self.tok_embed(tokens) + self.pos_embed(pos))
+        # Recompute activations in backward (training without a cache only): less memory.
+        recompute = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            x = blk(
-                x, context, key_padding_mask=key_padding_mask, is_causal=True,
-                context_padding_mask=context_padding_mask, cache=cache.blocks[i] if cache is not None else None,
-            )
+            kwargs = {"key_padding_mask": key_padding_mask, "is_causal": True,
+                      "context_padding_mask": context_padding_mask,
+                      "cache": cache.blocks[i] if cache is not None else None}
+            x = checkpoint(blk, x, context, use_reentrant=False, **kwargs) if recompute else blk(x, context, **kwargs)
         return self.lm_head(self.norm(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     @torch.no_grad()
     def num_params(self, non_embedding: bool = True) -> int:
