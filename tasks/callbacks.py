@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import Callback
 
-__all__ = ["RNGStateCallback", "get_rng_states", "set_rng_states"]
+__all__ = ["NanGuard", "NonFiniteError", "RNGStateCallback", "get_rng_states", "set_rng_states"]
 
 
 class RNGStateCallback(Callback):
@@ -66,3 +68,51 @@ def set_rng_states(states: dict[str, Any]) -> None:
     if "cuda" in states and torch.cuda.is_available():
         for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state.cpu(), device)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient (raised by NanGuard)."""
+
+
+class NanGuard(Callback):
+    """Stop at the first NaN or Inf loss or gradient, saying where, before it reaches the weights.
+
+    The loss is checked before backward and the gradients before the optimizer step, so the
+    weights are still those of the last good step: they are saved to `checkpoint_path`
+    (``nan_guard_last_good.ckpt`` in the run folder by default), and the error names the
+    global step, the epoch, the batch's sample ids (the datasets' `id` field) and the file.
+    Gradient clipping (`trainer.gradient_clip_val`) and Lightning's fp16 loss scaler act
+    before this check; under fp16 the scaler skips overflowing steps itself, so gradients are
+    only checked when no scaler is in use.
+    """
+
+    def __init__(self, checkpoint_path: str | None = None, check_grads: bool = True) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.check_grads = check_grads
+        self._batch_ids: list[str] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        ids = batch.get("id") if isinstance(batch, dict) else None
+        self._batch_ids = [str(i) for i in ids] if ids is not None else [f"batch {batch_idx}"]
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            self._stop(trainer, f"loss is {loss.detach().float().item()}")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if not self.check_grads or getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        bad = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+            self._stop(trainer, f"non-finite gradients in {', '.join(bad[:3])}{more}")
+
+    def _stop(self, trainer: L.Trainer, what: str) -> None:
+        path = Path(self.checkpoint_path or Path(trainer.default_root_dir) / "nan_guard_last_good.ckpt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(path)  # the weights before this step: the last good state
+        shown = ", ".join(self._batch_ids[:8]) + (f" (+{len(self._batch_ids) - 8} more)" if len(self._batch_ids) > 8 else "")
+        raise NonFiniteError(
+            f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}); batch samples: {shown}. "
+            f"Last good state saved to {path}. Lower task.lr, set trainer.gradient_clip_val, or check these samples."
+        )
