@@ -85,7 +85,10 @@ def read_coco(annotations_json: str | os.PathLike, image_dir: str | os.PathLike)
     annotations = _get(data, "annotations", source, "the top level")
     files = {}
     for i, image in enumerate(images):
-        files[_get(image, "id", source, f"images[{i}]")] = _get(image, "file_name", source, f"images[{i}]")
+        image_id = _get(image, "id", source, f"images[{i}]")
+        if image_id in files:  # a second entry would silently replace the first file
+            raise ValueError(f"{source}: images[{i}] repeats image id {image_id!r}")
+        files[image_id] = _get(image, "file_name", source, f"images[{i}]")
     captions: dict[object, list] = defaultdict(list)
     for i, ann in enumerate(annotations):
         image_id = _get(ann, "image_id", source, f"annotations[{i}]")

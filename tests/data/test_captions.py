@@ -213,3 +213,12 @@ def test_flickr8k_1k_kaggle_csv():
     assert all(isinstance(c, str) and c.strip() for c in item["captions"])
     ids = [{r.image_id for r in ds.records} for ds in (splits.train, splits.val, splits.test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_coco_duplicate_image_id_is_named(images, tmp_path):
+    path = write_coco(tmp_path / "dup.json")
+    data = json.loads(path.read_text())
+    data["images"].append(dict(data["images"][0]))
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"dup.json: images\[\d+\] repeats image id"):
+        read_coco(path, images)
