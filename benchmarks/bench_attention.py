@@ -31,7 +31,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,25 +39,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+
 from mmtrans.nn.attention import Attention  # noqa: E402
 
 PATHS = ("fused", "explicit")
 MIB = 2**20
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], None], calls: int, device: torch.device) -> float:
-    """Seconds per call, over `calls` back-to-back calls."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / calls
 
 
 def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int:
@@ -161,14 +147,14 @@ def main() -> None:
                     fn()
                 # Short calls are batched into one timed run so the clock's resolution and
                 # the loop's overhead stay small beside them.
-                calls[path] = max(1, math.ceil(args.min_run_ms / 1e3 / timed(fn, 1, device)))
+                calls[path] = max(1, math.ceil(args.min_run_ms / 1e3 / timed(fn, device, 1)))
             times: dict[str, list[float]] = {path: [] for path in PATHS}
             for r in range(args.repeats):
                 # Interleaved, first one then the other first: drift and whatever the previous
                 # run left in the caches hit both alike.
                 order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
                 for path, fn in order:
-                    times[path].append(timed(fn, calls[path], device))
+                    times[path].append(timed(fn, device, calls[path]))
             mem = {path: peak_extra_bytes(fn, device) for path, fn in fns.items()}
             results[phase][L] = {"time": times, "mem": mem}
         del x

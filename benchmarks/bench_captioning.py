@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +40,8 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere in a checkout
+
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import caption_images  # noqa: E402
 from mmtrans.text import CaptionTokenizer  # noqa: E402
@@ -68,15 +69,6 @@ def train_tokenizer(vocab_size: int) -> CaptionTokenizer:
         texts = FALLBACK_CAPTIONS
     return CaptionTokenizer.train(texts, vocab_size=vocab_size)
 
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:

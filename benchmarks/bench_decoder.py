@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +47,8 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
+
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import greedy_search  # noqa: E402
 from mmtrans.models import TextDecoder, convert_gpt2, decoder_kwargs_from_gpt2  # noqa: E402
@@ -68,15 +69,6 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[TextDecoder, 
     ours.load_state_dict(convert_gpt2(ref.state_dict(), ours), strict=True)
     return ours.to(device), ref.to(device)
 
-
-def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:

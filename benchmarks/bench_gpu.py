@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import greedy_search  # noqa: E402
 from mmtrans.models import (  # noqa: E402
@@ -62,16 +63,7 @@ def vit_train_flops(model: VisionTransformer, tokens: int) -> float:
 def time_steps(step, device: torch.device, warmup: int, repeats: int) -> list[float]:
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+    return [timed(step, device) for _ in range(repeats)]
 
 
 def main() -> None:

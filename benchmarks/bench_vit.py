@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
+
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.models import ImageClassifier, VisionTransformer, convert_timm_vit, vit_kwargs_from_timm  # noqa: E402
 
@@ -32,15 +33,6 @@ def build(name: str, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Mo
     ours.load_state_dict(convert_timm_vit(ref.state_dict(), ours), strict=True)
     return ours.to(device), ref.to(device)
 
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
