@@ -206,12 +206,7 @@ class SceneCaptionDataset(ProceduralDataset):
             scene, which = divmod(index, NUM_CAPTIONS)
         else:
             scene, which = index, None
-        pixels = self.render_array(scene)
-        if self.transform is not None:
-            tensor = self.transform(Image.fromarray(pixels, "RGB"))
-        else:
-            chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
-            tensor = torch.from_numpy(chw / np.float32(255))
+        tensor = self._to_image(self.render_array(scene))
         image_id = f"scenes/{self.seed}/{self._global_index(scene)}"
         captions = self.captions(scene)
         if which is None:

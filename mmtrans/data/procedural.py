@@ -57,6 +57,15 @@ class ProceduralDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self._global_index(index)])
 
+    def _to_image(self, pixels: np.ndarray) -> torch.Tensor:
+        """Rendered uint8 pixels ([H, W] grey or [H, W, 3]) -> the transform's output, or
+        without a transform a float tensor [C, H, W] in [0, 1] (skipping the PIL round trip:
+        a third of the time at 32 px)."""
+        if self.transform is not None:
+            return self.transform(Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB"))
+        chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255))
+
 
 D = TypeVar("D", bound=Dataset)
 

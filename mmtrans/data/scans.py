@@ -156,11 +156,8 @@ class MedicalScansDataset(ProceduralDataset):
 
     def __getitem__(self, index: int) -> dict:
         pixels, label = self.render_array(index)
-        if self.transform is not None:
-            tensor = self.transform(Image.fromarray(pixels, "L"))
-        else:
-            tensor = torch.from_numpy(pixels[None].astype(np.float32) / np.float32(255))
-        return {"image": tensor, "label": torch.from_numpy(label), "id": f"scans/{self.seed}/{self._global_index(index)}"}
+        image_id = f"scans/{self.seed}/{self._global_index(index)}"
+        return {"image": self._to_image(pixels), "label": torch.from_numpy(label), "id": image_id}
 
 
 def medical_scans_splits(
