@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from tasks.callbacks import BadImageReport
 from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
 from tasks.config_check import check_config
@@ -60,9 +61,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = task.model
     apply_speed_options(model, cfg.compile, cfg.channels_last, cfg.grad_checkpointing)
     loggers = _instantiate_each(cfg.get("logger"))
+    callbacks = _instantiate_each(cfg.get("callbacks"))
+    if getattr(datamodule, "on_bad_image", "raise") == "skip":
+        callbacks.append(BadImageReport())  # counts and lists what the policy leaves out
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=_instantiate_each(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         _convert_="all",
@@ -95,6 +99,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if best_ckpt and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
     metrics["best_ckpt"] = best_ckpt or None
+    metrics.update(_write_bad_images(datamodule, callbacks, output_dir, trainer.is_global_zero))
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +151,21 @@ def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (an installed copy), or no git
     (output_dir / "run_info.json").write_text(json.dumps({"git": git, "command": sys.argv}, indent=2) + "\n")
+
+
+def _write_bad_images(datamodule: Any, callbacks: list[Any], output_dir: Path, write: bool) -> dict[str, int]:
+    """With `data.on_bad_image=skip` or `data.validate=true`: every image file left out
+    (found by validation, or skipped by the loaders of this process) in `bad_images.json`,
+    and their counts for metrics.json."""
+    invalid = getattr(datamodule, "invalid_images", [])
+    skipped = [e for cb in callbacks if isinstance(cb, BadImageReport) for e in cb.skipped]
+    if getattr(datamodule, "on_bad_image", "raise") != "skip":
+        return {}
+    if write and (invalid or skipped):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        report = {"found_by_validate": invalid, "skipped_while_loading": skipped}
+        (output_dir / "bad_images.json").write_text(json.dumps(report, indent=1) + "\n")
+    return {"data/invalid_images": len(invalid), "data/skipped_images": len(skipped)}
 
 
 def _set_aside(path: Path) -> None:

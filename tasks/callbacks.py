@@ -11,7 +11,16 @@ import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import Callback
 
-__all__ = ["NanGuard", "NonFiniteError", "RNGStateCallback", "get_rng_states", "set_rng_states"]
+from mmtrans.data.bad_images import SKIPPED_KEY, BadSample, format_bad_images
+
+__all__ = [
+    "BadImageReport",
+    "NanGuard",
+    "NonFiniteError",
+    "RNGStateCallback",
+    "get_rng_states",
+    "set_rng_states",
+]
 
 
 class RNGStateCallback(Callback):
@@ -116,3 +125,60 @@ class NanGuard(Callback):
             f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}); batch samples: {shown}. "
             f"Last good state saved to {path}. Lower task.lr, set trainer.gradient_clip_val, or check these samples."
         )
+
+
+class BadImageReport(Callback):
+    """With `data.on_bad_image=skip`: counts the samples left out because their image did not
+    decode, and at the end of each train / val / test epoch prints their files and logs
+    `<split>/skipped_images` (so the count is in metrics.json; summed over processes).
+
+    The samples arrive with each batch (`batch["skipped_images"]`, filled by
+    `mmtrans.data.bad_images.SkippingCollate`), so workers need no shared state. `skipped`
+    keeps every entry of this process with its split and epoch; train.py writes them to
+    `bad_images.json`. train.py adds this callback whenever the policy is "skip".
+    """
+
+    def __init__(self) -> None:
+        self.skipped: list[dict[str, Any]] = []
+        self._epoch: dict[str, list[dict[str, str]]] = {"train": [], "val": [], "test": []}
+
+    def _take(self, split: str, batch: Any) -> None:
+        if isinstance(batch, dict):
+            self._epoch[split] += batch.get(SKIPPED_KEY, ())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._take("train", batch)
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._take("val", batch)
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._take("test", batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:  # a few batches before training: counted by the real epochs
+            self._epoch["val"] = []
+            return
+        self._report(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        entries, self._epoch[split] = self._epoch[split], []
+        pl_module.log(f"{split}/skipped_images", float(len(entries)), reduce_fx="sum", sync_dist=True)
+        if not entries:
+            return
+        epoch = trainer.current_epoch
+        self.skipped += [{**e, "split": split, "epoch": epoch} for e in entries]
+        rank = f" (process {trainer.global_rank})" if trainer.world_size > 1 else ""
+        bad = [BadSample(e["path"], e["reason"]) for e in entries]
+        print(f"data.on_bad_image=skip: {len(entries)} {split} sample(s) left out in epoch {epoch}{rank}:\n"
+              f"{format_bad_images(bad)}", flush=True)

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
 from mmtrans.optim import adamw, param_groups
@@ -92,10 +93,12 @@ class CaptioningTask(L.LightningModule):
             self._outputs.append((str(image_id), caption, list(refs)))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
+        if not is_empty_batch(batch):  # every image unreadable, with data.on_bad_image=skip
+            self._eval_step(batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
+        if not is_empty_batch(batch):
+            self._eval_step(batch)
 
     def _gathered_outputs(self) -> list[tuple[str, str, list[str]]]:
         outputs, self._outputs = self._outputs, []

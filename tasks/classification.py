@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
 
+from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.data.splits import LABEL_TYPES, class_counts, dataset_labels
 from mmtrans.models.heads import head_outputs
 from mmtrans.optim import build_adamw
@@ -145,11 +146,11 @@ class ClassificationTask(L.LightningModule):
         self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=len(target))
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._eval_step(batch, self.val_metrics)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return None if is_empty_batch(batch) else self._eval_step(batch, self.val_metrics)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._eval_step(batch, self.test_metrics)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return None if is_empty_batch(batch) else self._eval_step(batch, self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self.probs(self(batch["image"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +12,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from mmtrans.data.bad_images import (
+    POLICIES,
+    BadSample,
+    SkipBadImages,
+    SkippingCollate,
+    find_bad_images,
+    format_bad_images,
+    has_files,
+)
 from mmtrans.data.splits import Splits, class_counts, dataset_labels
 from mmtrans.data.transforms import build_transform
 
@@ -49,7 +60,10 @@ class DataModule(L.LightningDataModule):
 
     `splits` is any callable returning `Splits` (in configs, a `_partial_: true` factory such
     as `mmtrans.data.shapes.shapes_splits`); every other keyword (`root`, `download`, `path`,
-    ...) that is not None is passed on to it. `sampler="weighted"` draws training samples
+    ...) that is not None is passed on to it. `on_bad_image`: "raise" stops at the first
+    image file that does not decode, naming it; "skip" leaves such samples out and reports
+    them (`mmtrans.data.bad_images`). `validate=true` decodes every file once in `setup()`
+    and reports all bad ones before training (an error with "raise"). `sampler="weighted"` draws training samples
     with probability 1 / (size of their class), for imbalanced single-label data. `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
     Normalisation: explicit `mean`/`std`, else whatever `set_normalization` gave (the
@@ -72,6 +86,8 @@ class DataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         augment: dict | None = None,
         sampler: str | None = None,
+        on_bad_image: str = "raise",
+        validate: bool = False,
         **source: Any,
     ) -> None:
         super().__init__()
@@ -83,6 +99,8 @@ class DataModule(L.LightningDataModule):
             raise ValueError("set both data.mean and data.std, or neither")
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if on_bad_image not in POLICIES:
+            raise ValueError(f"data.on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
         self.splits_factory = splits
         # Where the data lives and how to read it: the other data.* keys (root, download,
         # annotations, path, name, label_type, ...) go to the split builder; None leaves the
@@ -101,6 +119,9 @@ class DataModule(L.LightningDataModule):
         self.mean = tuple(mean) if mean is not None else DEFAULT_MEAN
         self.std = tuple(std) if std is not None else DEFAULT_STD
         self.augment = dict(augment or {})
+        self.on_bad_image = on_bad_image
+        self.validate = validate
+        self.invalid_images: list[dict[str, str]] = []  # found by validate and left out (skip)
         self._train_transform: _SwappableTransform | None = None
         self._eval_transform: _SwappableTransform | None = None
         self._splits: Splits | None = None
@@ -145,6 +166,10 @@ class DataModule(L.LightningDataModule):
                 ) from err
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
+            if self.validate:
+                splits = self._validated(splits)
+            if self.on_bad_image == "skip":
+                splits = self._skipping(splits)
             for name in ("train", "val", "test"):
                 dataset = getattr(splits, name)
                 if dataset is not None and len(dataset) == 0:
@@ -158,6 +183,47 @@ class DataModule(L.LightningDataModule):
             self._splits = splits
         if stage in (None, "fit"):
             self._check_train_batch()
+
+    def _validated(self, splits: Splits) -> Splits:
+        """`data.validate=true`: every file decoded once; bad ones listed, then an error
+        ("raise") or left out of their split ("skip")."""
+        start = time.perf_counter()
+        parts = {name: getattr(splits, name) for name in ("train", "val", "test")}
+        checked: dict[str, Any] = {}
+        for name, d in parts.items():  # the test split may be the val split itself: check it once
+            if d is not None and has_files(d) and all(d is not other for other in checked.values()):
+                checked[name] = d
+        if not checked:
+            print("data.validate: this data set is generated or held in memory; no image files to check")
+            return splits
+        bad: dict[str, list[BadSample]] = {name: find_bad_images(d) for name, d in checked.items()}
+        n_files = sum(len(d.image_files()) for d in checked.values())
+        everything = [b for found in bad.values() for b in found]
+        took = time.perf_counter() - start
+        if not everything:
+            print(f"data.validate: {n_files} image files of {'/'.join(checked)} decoded in {took:.1f} s: all readable")
+            return splits
+        summary = f"data.validate: {len(everything)} of {n_files} image files cannot be read"
+        if self.on_bad_image == "raise":
+            raise ValueError(
+                f"{summary}:\n{format_bad_images(everything)}\n"
+                "Fix or remove them, or set data.on_bad_image=skip to train without them."
+            )
+        print(f"{summary}; left out (data.on_bad_image=skip):\n{format_bad_images(everything)}")
+        self.invalid_images = [{**b.as_dict(), "split": name} for name, found in bad.items() for b in found]
+        paths = {b.path for b in everything}
+        kept = {id(d): d.without_files(paths) for d in checked.values()}
+        return dataclasses.replace(splits, **{n: kept.get(id(d), d) for n, d in parts.items()})
+
+    @staticmethod
+    def _skipping(splits: Splits) -> Splits:
+        """`data.on_bad_image=skip`: train replaces a bad sample, val / test drop it."""
+        return dataclasses.replace(
+            splits,
+            train=SkipBadImages(splits.train, replace=True),
+            val=SkipBadImages(splits.val, replace=False),
+            test=SkipBadImages(splits.test, replace=False) if splits.test is not None else None,
+        )
 
     @property
     def splits(self) -> Splits:
@@ -209,7 +275,7 @@ class DataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers,
-            collate_fn=self.collate,
+            collate_fn=SkippingCollate(self.collate) if self.on_bad_image == "skip" else self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -8,7 +8,7 @@ text-level: the task tokenises with `CaptionTokenizer`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -70,9 +70,22 @@ class CaptionDataset(Dataset):
         """Every reference caption, without opening images (tokenizer training)."""
         return [c for r in self.records for c in r.captions]
 
+    def _path(self, record: CaptionRecord) -> str:
+        return os.path.join(self.root, record.path) if self.root is not None else record.path
+
+    def image_files(self) -> list[str]:
+        return list(dict.fromkeys(self._path(r) for r in self.records))
+
+    def read_image(self, path: str) -> Image.Image:
+        return load_image(path, "RGB", self.draft_size)
+
+    def without_files(self, paths: Collection[str]) -> CaptionDataset:
+        """A copy without the images of `paths` (and their captions)."""
+        kept = [r for r in self.records if self._path(r) not in paths]
+        return CaptionDataset(kept, self.transform, self.root, self.mode, self.draft_size)
+
     def _image(self, record: CaptionRecord) -> torch.Tensor:
-        path = os.path.join(self.root, record.path) if self.root is not None else record.path
-        image = load_image(path, "RGB", self.draft_size)
+        image = self.read_image(self._path(record))
         return self.transform(image) if self.transform is not None else to_tensor(image)
 
     def __getitem__(self, index: int) -> dict:

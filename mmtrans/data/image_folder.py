@@ -10,8 +10,9 @@ Two layouts are accepted under `root`:
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,21 @@ class ImageFolderDataset(Dataset):
         """[N] int64 class indices (class weights, samplers), without opening an image."""
         return np.array([label for _, label in self.samples], dtype=np.int64)
 
+    def image_files(self) -> list[str]:
+        return [path for path, _ in self.samples]
+
+    def read_image(self, path: str) -> Image.Image:
+        return load_image(path, self.mode, self.draft_size)
+
+    def without_files(self, paths: Collection[str]) -> ImageFolderDataset:
+        """A copy without the samples of `paths` (files found unreadable up front)."""
+        kept = copy.copy(self)
+        kept.samples = [s for s in self.samples if s[0] not in paths]
+        return kept
+
     def __getitem__(self, index: int) -> dict:
         path, label = self.samples[index]
-        image = load_image(path, self.mode, self.draft_size)
+        image = self.read_image(path)
         tensor = self.transform(image) if self.transform is not None else to_tensor(image)
         return {"image": tensor, "label": label, "id": path}
 

@@ -12,6 +12,28 @@ from PIL import Image, ImageOps
 # Grey modes deeper than 8 bits: 16-bit PNG / TIFF open as "I;16" (or "I;16B" big-endian),
 # 32-bit integer TIFF as "I", float TIFF as "F". PIL's convert("L") clips these at 255.
 HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# PIL refuses ("decompression bomb") images over twice Image.MAX_IMAGE_PIXELS (~179 MP) at
+# open and only warns between 1x and 2x; that hard limit is our default.
+DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+class BadImageError(ValueError):
+    """A file that is not a readable image: `path` names it, `reason` says what the decoder said.
+
+    A ValueError, so that callers who treat every bad input alike keep working; data sets
+    with `data.on_bad_image=skip` catch exactly this class.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "image") -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot read {kind} {shown(self.path)}: {reason}")
+
+
+def shown(path: str | os.PathLike) -> str:
+    """`path` safe to print: bytes of a non-UTF-8 file name (kept by Python as lone
+    surrogates, which `print` cannot encode) appear as backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
@@ -54,6 +76,7 @@ def load_image(
     mode: str = "RGB",
     draft_size: int | None = None,
     window: Sequence[float] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Open `path`, undo EXIF rotation and convert to `mode` ("RGB", "L", ...).
 
@@ -66,29 +89,44 @@ def load_image(
     also applies to 8-bit grey files; colour files ignore it. RGBA drops its alpha channel
     (the stored colours are kept, as torchvision's loader does).
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file for anything
-    that does not decode (corrupt, truncated, not an image), so that one bad file in a data
-    set is easy to find.
+    `max_pixels` refuses larger images from their header, before decoding (None: no limit
+    of ours, PIL's own still applies). Raises FileNotFoundError for a missing file and
+    `BadImageError` (a ValueError) naming the file and the decoder's reason for anything that
+    does not decode (corrupt, truncated, empty, not an image, too large), so that one bad
+    file in a data set is easy to find.
     """
     window = check_window(window)  # before the try: a bad window is not a bad file
     try:
-        with Image.open(path) as img:
-            if draft_size and img.format == "JPEG":
-                img.draft(mode if mode in ("RGB", "L") else None, (draft_size, draft_size))
-            # exif_transpose returns a loaded copy, so the file can close after this block.
-            img = ImageOps.exif_transpose(img)
-        if img.mode == "P" and "transparency" in img.info:
-            # Palette + transparency (common in GIFs) must go through RGBA; PIL warns otherwise.
-            img = img.convert("RGBA")
-        # A caller asking for "I" / "F" keeps the raw values; every 8-bit target gets them scaled.
-        scale = img.mode in HIGH_BIT_GREY_MODES or (window is not None and img.mode == "L")
-        if scale and mode not in HIGH_BIT_GREY_MODES:
-            img = Image.fromarray(scale_to_uint8(np.asarray(img), window))  # mode "L"
         with warnings.catch_warnings():
+            # Between 1x and 2x Image.MAX_IMAGE_PIXELS PIL only warns; max_pixels decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return img.convert(mode) if img.mode != mode else img
-    except FileNotFoundError:
+            return _decode(path, mode, draft_size, window, max_pixels)
+    except (FileNotFoundError, BadImageError):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # UnidentifiedImageError and "image file is truncated" are OSErrors.
-        raise ValueError(f"cannot read image {os.fspath(path)}: {err}") from err
+        # PIL's "cannot identify image file '<path>'": the path is in our message already.
+        reason = str(err).replace(f" {os.fspath(path)!r}", "") or type(err).__name__
+        raise BadImageError(path, reason) from err
+
+
+def _decode(
+    path: str | os.PathLike, mode: str, draft_size: int | None, window: tuple[float, float] | None,
+    max_pixels: int | None,
+) -> Image.Image:
+    with Image.open(path) as img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise BadImageError(path, f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}")
+        if draft_size and img.format == "JPEG":
+            img.draft(mode if mode in ("RGB", "L") else None, (draft_size, draft_size))
+        # exif_transpose returns a loaded copy, so the file can close after this block.
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "P" and "transparency" in img.info:
+        # Palette + transparency (common in GIFs) must go through RGBA; PIL warns otherwise.
+        img = img.convert("RGBA")
+    # A caller asking for "I" / "F" keeps the raw values; every 8-bit target gets them scaled.
+    scale = img.mode in HIGH_BIT_GREY_MODES or (window is not None and img.mode == "L")
+    if scale and mode not in HIGH_BIT_GREY_MODES:
+        img = Image.fromarray(scale_to_uint8(np.asarray(img), window))  # mode "L"
+    return img.convert(mode) if img.mode != mode else img

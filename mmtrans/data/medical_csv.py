@@ -20,10 +20,11 @@ reported with the CSV path, the spreadsheet row number (header = row 1) and the 
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,24 @@ class MedicalCsvDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def image_files(self) -> list[str]:
+        return list(dict.fromkeys(self.paths))
+
+    def read_image(self, path: str) -> Image.Image:
+        return load_medical_image(path, self.mode, self.window)
+
+    def without_files(self, paths: Collection[str]) -> MedicalCsvDataset:
+        """A copy without the rows of `paths` (files found unreadable up front)."""
+        keep = [i for i, p in enumerate(self.paths) if p not in paths]
+        kept = copy.copy(self)
+        kept.paths = [self.paths[i] for i in keep]
+        kept.labels = self.labels[keep]
+        if self.patients is not None:
+            kept.patients = [self.patients[i] for i in keep]
+        return kept
+
     def __getitem__(self, index: int) -> dict:
-        image = load_medical_image(self.paths[index], self.mode, self.window)
+        image = self.read_image(self.paths[index])
         return {
             "image": self.transform(image) if self.transform is not None else image,
             "label": torch.tensor(self.labels[index]),  # copies: workers never share the array

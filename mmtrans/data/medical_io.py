@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from mmtrans.data.io import check_window, load_image, scale_to_uint8
+from mmtrans.data.io import BadImageError, check_window, load_image, scale_to_uint8
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # Files with these suffixes are never sniffed for the DICOM preamble (saves an open per image).
@@ -56,8 +56,8 @@ def load_medical_image(
     `mmtrans.data.io.scale_to_uint8`). 8-bit files go through `load_image` unchanged (EXIF
     rotation, palette transparency, RGBA -> RGB); a window applies to them only when grey.
 
-    Raises FileNotFoundError for a missing file, ValueError naming the file for one that does
-    not decode, and ImportError for a DICOM file without pydicom installed.
+    Raises FileNotFoundError for a missing file, `BadImageError` (a ValueError) naming the
+    file for one that does not decode, and ImportError for a DICOM file without pydicom installed.
     """
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
@@ -115,7 +115,7 @@ def _load_dicom(path: str, window: tuple[float, float] | None) -> Image.Image:
     except errors as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise ValueError(f"cannot read DICOM file {path}: {err}") from err
+        raise BadImageError(path, str(err), kind="DICOM file") from err
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return Image.fromarray(grey)
