@@ -1,8 +1,10 @@
 """Caption images with a trained checkpoint: ``mmtrans-caption CKPT IMAGE_OR_FOLDER ...``.
 
 The model, its preprocessing and the tokenizer all come from the checkpoint. Folders are
-streamed in batches (memory stays bounded however many files they hold). Prints
-``path<TAB>caption`` per image; ``--json OUT`` also writes ``[{"image", "caption"}, ...]``.
+streamed in batches, one directory listing at a time (memory stays bounded however many
+files they hold). Images over ``--max-pixels`` are refused from their header, before
+decoding. Prints ``path<TAB>caption`` per image (file names that are not UTF-8 with
+backslash escapes); ``--json OUT`` also writes ``[{"image", "caption"}, ...]``.
 Exit status: 0 all captioned, 1 some images could not be read, 2 nothing could run.
 """
 
@@ -16,20 +18,23 @@ from pathlib import Path
 
 import torch
 
-from mmtrans.data.io import load_image
+from mmtrans.data.image_folder import iter_image_files
+from mmtrans.data.io import load_image, shown
 from mmtrans.data.transforms import build_transform
 from mmtrans.generation import caption_images
 from tasks.checkpoint import load_model
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# A batch holds this many decoded pixels per image at most (~150 MB as RGB); photos from
+# 8K cameras (33 MP) pass, scanned posters and decompression bombs do not.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 def iter_images(paths: list[str]) -> Iterator[Path]:
     for p in map(Path, paths):
         if p.is_dir():
-            yield from (f for f in sorted(p.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from map(Path, iter_image_files(p))
         else:
-            yield p  # a missing or odd file is reported when it is read
+            yield p  # a missing, odd or unsupported file is reported when it is read
 
 
 def _batches(files: Iterator[Path], size: int) -> Iterator[list[Path]]:
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path, default=None, help="also write the captions to this JSON file")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS:,}; 0: PIL's own limit only)")
     args = ap.parse_args(argv)
 
     try:
@@ -82,16 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         tensors, ok = [], []
         for f in batch:
             try:
-                tensors.append(transform(load_image(f)))
+                tensors.append(transform(load_image(f, max_pixels=args.max_pixels or None)))
                 ok.append(f)
             except (OSError, ValueError) as e:  # missing, unreadable or not an image
                 failed += 1
-                print(f"mmtrans-caption: {e}" if str(f) in str(e) else f"mmtrans-caption: {f}: {e}", file=sys.stderr)
+                print(f"mmtrans-caption: {e}" if shown(f) in str(e) else f"mmtrans-caption: {shown(f)}: {e}",
+                      file=sys.stderr)
         if not ok:
             continue
         for f, caption in zip(ok, caption_images(model, tokenizer, torch.stack(tensors).to(args.device), **generation)):
-            print(f"{f}\t{caption}", flush=True)
-            results.append({"image": str(f), "caption": caption})
+            print(f"{shown(f)}\t{caption}", flush=True)
+            results.append({"image": shown(f), "caption": caption})
     if seen == 0:
         print(f"mmtrans-caption: no images found in {' '.join(args.images)}", file=sys.stderr)
         return 2

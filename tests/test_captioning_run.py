@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +76,64 @@ def test_caption_cli_on_file_and_folder(trained, tmp_path, capsys):
     assert [Path(r["image"]).name for r in rows] == ["0.png", "1.png", "2.png"]
     assert captured.out.count("\t") == 3
     assert caption_main([metrics["best_ckpt"], str(images / "0.png")]) == 0
+
+
+def test_caption_cli_input_limits(trained, tmp_path, capsys):
+    _, metrics = trained
+    ckpt = metrics["best_ckpt"]
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert caption_main([ckpt, str(tmp_path / "big.png"), str(tmp_path / "notes.txt"), "--max-pixels", "50000"]) == 1
+    err = capsys.readouterr().err
+    assert "big.png: 300x200 = 60,000 pixels is over the limit of 50,000" in err
+    assert "notes.txt: not an image in a format PIL can decode" in err
+    (tmp_path / "empty").mkdir()
+    assert caption_main([ckpt, str(tmp_path / "empty")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "drawing.svg").write_text("<svg/>")  # not an image suffix: not listed
+    assert caption_main([ckpt, str(tmp_path / "other")]) == 2
+    # A file name that is not UTF-8: captioned, and printed with the byte escaped.
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(os.path.join(odd, os.fsdecode(b"caf\xe9.png")))
+    assert caption_main([ckpt, str(odd), "--json", str(tmp_path / "odd.json")]) == 0
+    assert "caf\\xe9.png\t" in capsys.readouterr().out
+    assert json.loads((tmp_path / "odd.json").read_text())[0]["image"].endswith("caf\\xe9.png")
+
+
+def test_caption_cli_streams_a_folder_of_10000_files(trained, tmp_path, monkeypatch, capsys):
+    """Files are listed as they are captioned: when the first batch is captioned, only that
+    batch has been read from the folder listing (memory does not grow with the folder)."""
+    import tasks.caption_cli as cli
+
+    _, metrics = trained
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2), (50, 60, 70)).save(buf, "PNG")
+    for i in range(10_000):
+        sub = tmp_path / "many" / f"{i // 1000:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:05d}.png").write_bytes(buf.getvalue())
+    listed, listed_at_call = 0, []
+    real_listing = cli.iter_image_files
+
+    def counting(folder):
+        nonlocal listed
+        for f in real_listing(folder):
+            listed += 1
+            yield f
+
+    monkeypatch.setattr(cli, "iter_image_files", counting)
+
+    def fake_captions(model, tokenizer, images, **kwargs):  # the model is not what is tested here
+        listed_at_call.append(listed)
+        return ["a caption"] * len(images)
+
+    monkeypatch.setattr(cli, "caption_images", fake_captions)
+    assert cli.main([metrics["best_ckpt"], str(tmp_path / "many"), "--batch-size", "256"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 10_000 and out[0].endswith("00000.png\ta caption")
+    assert listed_at_call[0] == 256 and len(listed_at_call) == 40
 
 
 def test_caption_cli_missing_checkpoint_exits_nonzero(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,19 +82,24 @@ def _visible_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def find_images(folder: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> list[str]:
-    """All image files under `folder` (recursive, sorted, case-insensitive extensions).
+def iter_image_files(folder: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> Iterator[str]:
+    """Image files under `folder`, recursively, one directory listing at a time (memory stays
+    bounded for any number of files); names sorted within each folder, sub-folders after files.
 
-    Hidden files are skipped: macOS "._name.jpg" resource forks look like images but are not.
+    Extensions are case-insensitive. Hidden files and folders are skipped: macOS "._name.jpg"
+    resource forks look like images but are not.
     """
     exts = tuple(e.lower() for e in extensions)
-    found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [
-            os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(exts)
-        ]
-    return sorted(found)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and f.lower().endswith(exts):
+                yield os.path.join(dirpath, f)
+
+
+def find_images(folder: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS) -> list[str]:
+    """All image files under `folder` (`iter_image_files`), as one sorted list."""
+    return sorted(iter_image_files(folder, extensions))
 
 
 def _scan(

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Grey modes deeper than 8 bits: 16-bit PNG / TIFF open as "I;16" (or "I;16B" big-endian),
 # 32-bit integer TIFF as "I", float TIFF as "F". PIL's convert("L") clips these at 255.
@@ -105,8 +105,10 @@ def load_image(
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # UnidentifiedImageError and "image file is truncated" are OSErrors.
-        # PIL's "cannot identify image file '<path>'": the path is in our message already.
-        reason = str(err).replace(f" {os.fspath(path)!r}", "") or type(err).__name__
+        if isinstance(err, UnidentifiedImageError):  # empty, text, or a format PIL lacks
+            reason = "not an image in a format PIL can decode (unknown or unsupported format, or an empty file)"
+        else:
+            reason = str(err) or type(err).__name__
         raise BadImageError(path, reason) from err
 
 
