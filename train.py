@@ -33,6 +33,7 @@ from tasks.callbacks import BadImageReport
 from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
 from tasks.config_check import check_config
+from tasks.run_dir import check_writable
 from tasks.speed import apply_speed_options
 
 
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("train=false evaluates a trained model: give its checkpoint as ckpt_path=...")
     output_dir = Path(cfg.paths.output_dir)
+    check_writable(output_dir)  # unwritable or full: say so now, before the data is read
     L.seed_everything(cfg.seed, workers=True)
 
     # Each task builds its model from the data (class count, tokenizer) and then itself;
