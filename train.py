@@ -139,8 +139,15 @@ def _continue_run(cfg: DictConfig) -> DictConfig:
 
 
 def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
-    """The resolved config (every interpolation filled in, unlike .hydra/config.yaml) and the
-    code version: `git` commit and whether the tree had uncommitted changes, when available."""
+    """The resolved config (every interpolation filled in, unlike .hydra/config.yaml) and what
+    else a rerun needs to match: the code version (`git` commit and whether the tree had
+    uncommitted changes, when available), the command, the seed, the library versions and the
+    machine (numerics differ across torch versions and devices)."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
@@ -152,7 +159,24 @@ def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
         git["dirty"] = bool(run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (an installed copy), or no git
-    (output_dir / "run_info.json").write_text(json.dumps({"git": git, "command": sys.argv}, indent=2) + "\n")
+    versions = {"python": platform.python_version()}
+    for name, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"),
+                       ("transformers", "transformers"), ("tokenizers", "tokenizers"),
+                       ("pytorch_lightning", "pytorch-lightning"), ("torchmetrics", "torchmetrics"),
+                       ("hydra", "hydra-core"), ("numpy", "numpy"), ("pillow", "pillow")):
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = {
+        "accelerator": cfg.trainer.get("accelerator"),  # as configured ("auto": a GPU when cuda lists one)
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cuda_version": torch.version.cuda,
+    }
+    info = {"git": git, "command": sys.argv, "seed": cfg.seed, "versions": versions,
+            "platform": platform.platform(), "device": device}
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _write_bad_images(datamodule: Any, callbacks: list[Any], output_dir: Path, write: bool) -> dict[str, int]:

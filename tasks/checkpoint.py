@@ -1,21 +1,42 @@
-"""Rebuild a trained model from a checkpoint file alone (no original YAML needed)."""
+"""Rebuild a trained model from a checkpoint file alone (no original YAML needed), or from a
+folder written by ``mmtrans-export`` (safetensors + JSON: nothing is unpickled)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from torch import nn
 
 from mmtrans.models.heads import head_outputs
-from mmtrans.models.pretrained import check_state_dict
+from mmtrans.models.pretrained import check_state_dict, load_weights_only
 
-__all__ = ["check_checkpoint_fits", "load_model"]
+__all__ = ["EXPORT_FILES", "EXPORT_FORMAT_VERSION", "check_checkpoint_fits", "load_model", "read_checkpoint"]
 
 # ckpt_path values that Lightning resolves itself (no file to check up front).
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+# The folder mmtrans-export writes (tasks/export.py). Bump the version when a reader of an
+# older folder would misread a newer one.
+EXPORT_FORMAT_VERSION = 1
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "special_tokens.json")  # CaptionTokenizer.save
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *TOKENIZER_FILES)
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint, read weights-only. Every reader of ``.ckpt`` files goes through
+    here, so a file that holds code is refused with the same message (naming it) everywhere."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = load_weights_only(path, map_location)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
+                         "to start from plain weights use model.pretrained=PATH")
+    return ckpt
 
 
 def check_checkpoint_fits(module: nn.Module, path: str | Path) -> None:
@@ -24,41 +45,64 @@ def check_checkpoint_fits(module: nn.Module, path: str | Path) -> None:
     a bare ``size mismatch`` that names neither."""
     if str(path) in LIGHTNING_CKPT_ALIASES:
         return
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} (ckpt_path) does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
-                         "to start from plain weights use model.pretrained=PATH")
-    check_state_dict(module, ckpt["state_dict"], f"checkpoint {path}")
+    check_state_dict(module, read_checkpoint(path)["state_dict"], f"checkpoint {path}")
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a task checkpoint, in eval mode, plus its ``hparams`` (``class_names``,
-    ``config``, ...) and, for captioning checkpoints, ``tokenizer``. Loads with
-    ``weights_only=True``: checkpoints are data, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated file, not a checkpoint, pickle with code
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    """The model of a task checkpoint (or of an exported folder), in eval mode, plus its
+    ``hparams`` (``class_names``, ``config`` with ``model`` and ``data``, ``generation``, ...)
+    and, for captioning, ``tokenizer``. Checkpoints are read weights-only: data, never code."""
+    if Path(path).is_dir():
+        return _load_exported(Path(path), map_location)
+    ckpt = read_checkpoint(path, map_location)
     info = dict(ckpt.get("hyper_parameters") or {})
-    model_cfg = (info.get("config") or {}).get("model")
-    if model_cfg is None:
-        raise ValueError(f"checkpoint {path} carries no model config (hyper_parameters.config.model)")
-    # The weights come from the checkpoint: never fetch pretrained weights again.
-    overrides = {k: None for k in model_cfg if k.endswith("pretrained")}
-    if "num_classes" in info:  # the head's size: one logit for binary labels
-        overrides["num_classes"] = head_outputs(info.get("label_type") or "multiclass", info["num_classes"])
     if "tokenizer" in ckpt:
         from mmtrans.text import CaptionTokenizer
 
         info["tokenizer"] = CaptionTokenizer.from_json(ckpt["tokenizer"])
-        overrides["vocab_size"] = info["tokenizer"].vocab_size
-    model = instantiate({**model_cfg, **overrides})
+    model = _build_model(info, path)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+    return model.eval(), info
+
+
+def _build_model(info: dict[str, Any], source: str | Path) -> nn.Module:
+    """The model described by ``info["config"]["model"]``, sized by what the data taught the
+    task (classes, tokenizer), with random weights for the caller to overwrite."""
+    model_cfg = (info.get("config") or {}).get("model")
+    if model_cfg is None:
+        raise ValueError(f"checkpoint {source} carries no model config (hyper_parameters.config.model)")
+    # The weights come from the checkpoint: never fetch pretrained weights again.
+    overrides = {k: None for k in model_cfg if k.endswith("pretrained")}
+    if info.get("num_classes") is not None:  # the head's size: one logit for binary labels
+        overrides["num_classes"] = head_outputs(info.get("label_type") or "multiclass", info["num_classes"])
+    if info.get("tokenizer") is not None:
+        overrides["vocab_size"] = info["tokenizer"].vocab_size
+    return instantiate({**model_cfg, **overrides})
+
+
+def _load_exported(folder: Path, map_location: str) -> tuple[nn.Module, dict[str, Any]]:
+    """``load_model`` for a folder written by ``mmtrans-export``: the same ``info`` shape, read
+    from JSON and safetensors only."""
+    from safetensors.torch import load_model as load_safetensors
+
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} is a folder without {CONFIG_FILE}, not one written by mmtrans-export; "
+                                "give a .ckpt file or an exported folder")
+    exported = json.loads((folder / CONFIG_FILE).read_text())
+    version = exported.get("format_version")
+    if version != EXPORT_FORMAT_VERSION:
+        raise ValueError(f"{folder / CONFIG_FILE}: export format version {version!r}, this mmtrans reads "
+                         f"version {EXPORT_FORMAT_VERSION}")
+    info = {k: v for k, v in exported.items() if k not in ("format_version", "task", "model", "data")}
+    info["config"] = {"task_name": exported["task"], "model": exported["model"], "data": exported["data"]}
+    if (folder / TOKENIZER_FILES[0]).is_file():
+        from mmtrans.text import CaptionTokenizer
+
+        info["tokenizer"] = CaptionTokenizer.load(folder)
+    model = _build_model(info, folder)
+    try:  # restores tied weights (a captioner's LM head = its token embedding), stored once
+        load_safetensors(model, folder / WEIGHTS_FILE, device=map_location)
+    except Exception as e:  # missing file, corrupt header, keys or shapes that do not fit
+        raise ValueError(f"cannot load {folder / WEIGHTS_FILE} into the model of {folder / CONFIG_FILE}: {e}") from e
     return model.eval(), info

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from mmtrans.models.pretrained import load_weights_only
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Local-disk checkpoints written atomically and loaded with `weights_only=True`.
@@ -55,7 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return load_weights_only(path, map_location=map_location)  # refuses code, naming the file
 
 
 def _fsync_dir(folder: Path) -> None:

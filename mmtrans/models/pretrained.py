@@ -8,6 +8,7 @@ read with ``weights_only=True``: a checkpoint that would run code is refused.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,42 @@ from torch import Tensor, nn
 
 from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
 
-__all__ = ["WEIGHT_SUFFIXES", "check_state_dict", "create_timm_model", "is_weights_path", "load_pretrained", "load_state_dict_checked",
-           "read_state_dict"]
+__all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "check_state_dict", "create_timm_model", "is_weights_path",
+           "load_pretrained", "load_state_dict_checked", "load_weights_only", "read_state_dict"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
 def is_weights_path(source: str) -> bool:
     return str(source).endswith(WEIGHT_SUFFIXES) or "/" in str(source) or Path(source).exists()
+
+
+class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
+    """A pickled checkpoint that holds code (or objects other than tensors and plain
+    containers). Both a ValueError (what the CLIs report) and an UnpicklingError (what
+    ``torch.load`` raises), so callers catching either keep working."""
+
+
+def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``, the one place that reads pickled checkpoints, with
+    errors that name the file. torch's own refusal suggests ``weights_only=False``, which
+    would run the code; ours says the file was refused and why."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # code refused, truncated file, not a torch file at all
+        text = str(e)
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+            marker = "WeightsUnpickler error:"
+            detail = text.split(marker, 1)[1].split(". ")[0].strip() if marker in text else "see the cause below"
+            raise UnsafeCheckpointError(
+                f"{path} refused: it is not weights-only, it holds pickled code or objects ({detail}) that "
+                "loading would run. Load only checkpoints whose source you trust; share weights with "
+                "mmtrans-export (safetensors, no code)."
+            ) from e
+        first = text.splitlines()[0][:200] if text else ""
+        raise ValueError(
+            f"cannot read {path}: not a checkpoint, or a truncated/corrupt one ({type(e).__name__}: {first})"
+        ) from e
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -39,13 +68,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read safetensors file {path}: {e}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with code (refused by weights_only), truncated file, not a checkpoint
-        raise ValueError(
-            f"cannot load {path} as plain tensors ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
-            "Only weights-only checkpoints are accepted; a pickle that contains code is refused."
-        ) from e
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         sd = obj["state_dict"]
         if all(k.startswith("model.") for k in sd):  # a Lightning checkpoint of one of our tasks
