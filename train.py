@@ -180,9 +180,9 @@ def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def _write_bad_images(datamodule: Any, callbacks: list[Any], output_dir: Path, write: bool) -> dict[str, int]:
-    """With `data.on_bad_image=skip` or `data.validate=true`: every image file left out
-    (found by validation, or skipped by the loaders of this process) in `bad_images.json`,
-    and their counts for metrics.json."""
+    """With `data.on_bad_image=skip`: every image file left out (found by `data.validate`, or
+    skipped by the loaders of this process) in `bad_images.json`, and their counts for
+    metrics.json."""
     invalid = getattr(datamodule, "invalid_images", [])
     skipped = [e for cb in callbacks if isinstance(cb, BadImageReport) for e in cb.skipped]
     if getattr(datamodule, "on_bad_image", "raise") != "skip":

@@ -1,9 +1,14 @@
-"""Hostile and broken image files, in every data set type that reads files.
+"""Hostile and broken inputs, made on the fly.
 
-Each odd-but-valid image must load (RGB, right orientation); each broken one must raise
-`BadImageError` naming the file with `data.on_bad_image=raise`, and be left out, counted and
-listed with `skip` — per sample in the loaders, and up front with `data.validate=true`.
-The files are made on the fly by `write_hostile_images`.
+Images, in every data set type that reads files: each odd-but-valid image must load (RGB,
+right orientation); each broken one must raise `BadImageError` naming the file with
+`data.on_bad_image=raise`, and be left out, counted and listed with `skip` — per sample in
+the loaders, and up front with `data.validate=true`. Annotations: broken ones stop train.py
+before training with a message naming file and place. Elsewhere: the caption CLI's input
+limits (tests/test_captioning_run.py), SIGKILL and resume (tests/test_sigkill_resume.py),
+pickled code (tests/test_malicious_checkpoint.py), NaN (tests/tasks/test_nan_guard.py),
+repeatability (tests/test_reproducibility.py), an unwritable run folder
+(tests/tasks/test_run_dir.py).
 """
 
 from __future__ import annotations
@@ -390,3 +395,48 @@ def test_medical_csv_run_skips_bad_images(tmp_path: Path) -> None:
     metrics, _ = train(cfg)
     assert metrics["test/skipped_images"] == 1 and metrics["data/skipped_images"] == 3
     assert "test/auc" in metrics
+
+
+# -- broken annotations: a clear message through train.py, before any training ---------------
+
+def _broken_annotations(tmp_path: Path, case: str) -> list[str]:
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        _rgb(16, 16, seed=i).save(images / f"{i}.png")
+    if case == "json_syntax":
+        (tmp_path / "captions.json").write_text('{"images": [\n  {"id": 1, "file_name": "0.png",}\n]}')
+        return ["task=captioning", "data=coco", f"data.annotations={tmp_path / 'captions.json'}", f"data.root={images}"]
+    if case == "json_missing_key":
+        (tmp_path / "captions.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "0.png"}]}))
+        return ["task=captioning", "data=coco", f"data.annotations={tmp_path / 'captions.json'}", f"data.root={images}"]
+    if case == "duplicate_id":
+        entries = [{"id": 1, "file_name": "0.png"}, {"id": 1, "file_name": "1.png"}]
+        anns = [{"id": 1, "image_id": 1, "caption": "a thing"}]
+        (tmp_path / "captions.json").write_text(json.dumps({"images": entries, "annotations": anns}))
+        return ["task=captioning", "data=coco", f"data.annotations={tmp_path / 'captions.json'}", f"data.root={images}"]
+    rows = {"label_outside": [("0.png", 0), ("1.png", 1), ("2.png", 5)], "empty_split": [(f"{i}.png", i % 2) for i in range(4)]}
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for n, (name, label) in enumerate(rows[case]):
+            writer.writerow([name, label, "train" if case == "empty_split" or n < 2 else "val"])
+    extra = ["data.label_type=ordinal", "data.class_names=[none,mild,severe]"] if case == "label_outside" else []
+    return ["task=medical", "data=medical_csv", f"data.annotations={tmp_path / 'labels.csv'}", f"data.root={images}",
+            "data.split_column=split", *extra]
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("json_syntax", ValueError, r"captions\.json is not valid JSON: line 2 column \d+"),
+    ("json_missing_key", ValueError, r"captions\.json: the top level has no key 'annotations'"),
+    ("duplicate_id", ValueError, r"captions\.json: images\[1\] repeats image id 1"),
+    ("label_outside", ValueError, r"labels\.csv row 4, column 'label': label 5 is outside 0\.\.2"),
+    ("empty_split", ValueError, r"labels\.csv: column 'split' has no 'val' rows"),
+])
+def test_broken_annotations_stop_before_training(tmp_path: Path, case: str, error: type, message: str) -> None:
+    overrides = _broken_annotations(tmp_path, case)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "trainer.accelerator=cpu", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
