@@ -170,5 +170,7 @@ class CaptioningTask(L.LightningModule):
         config = OmegaConf.to_container(cfg, resolve=True)
         # Record the normalisation in effect, so a checkpoint alone preprocesses new images.
         config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
+        if getattr(model.decoder, "arch", None):  # a GPT-2 decoder: rebuilt later without its files
+            config["model"]["decoder_arch"] = model.decoder.arch
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}
         return instantiate(kwargs, _partial_=True, _convert_="all")(model=model, tokenizer=tokenizer, config=config)

@@ -50,7 +50,7 @@ def _exif_rotated(path: Path) -> None:
     _rgb(40, 20).save(path, exif=exif.tobytes())
 
 
-def write_hostile_images(folder: Path, huge: bool = False) -> dict[str, str]:
+def write_hostile_images(folder: Path) -> dict[str, str]:
     """Every odd and broken case in `folder`; returns name -> "ok" or "bad"."""
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -72,9 +72,6 @@ def write_hostile_images(folder: Path, huge: bool = False) -> dict[str, str]:
     kinds = {name: "bad" for name in BROKEN}
     ok = ["cmyk.jpg", "palette_transparent.png", "rgba.png", "grey16.png", "grey16.tif", "exif_rotated.jpg",
           "one_pixel.png", NON_UTF8]
-    if huge:
-        Image.new("L", (10_000, 10_000), 7).save(folder / "huge.png")
-        ok.append("huge.png")
     kinds.update(dict.fromkeys(ok, "ok"))
     return kinds
 

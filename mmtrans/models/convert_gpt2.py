@@ -169,4 +169,8 @@ def create_gpt2_decoder(name_or_path: str, **overrides: Any) -> TextDecoder:
     ``cross_attention=True, context_dim=192, max_len=64``) replace config values (``None`` = keep)."""
     kwargs = {**decoder_kwargs_from_gpt2(load_gpt2_config(name_or_path)),
               **{k: v for k, v in overrides.items() if v is not None}}
-    return load_gpt2_pretrained(TextDecoder(**kwargs), name_or_path)
+    decoder = load_gpt2_pretrained(TextDecoder(**kwargs), name_or_path)
+    # What a checkpoint records (model.decoder_arch), so that the model is rebuilt later
+    # without the GPT-2 files or the network.
+    decoder.arch = kwargs
+    return decoder

@@ -62,6 +62,7 @@ def create_captioner(
     freeze_encoder: bool = False,
     projector: str = "linear",
     decoder_drop_rate: float = 0.0,
+    decoder_arch: dict[str, Any] | None = None,
     **encoder_kwargs: Any,
 ) -> ImageCaptioner:
     """ViT encoder + projector + text decoder with cross-attention.
@@ -69,6 +70,8 @@ def create_captioner(
     ``decoder_pretrained`` (a local Hugging Face GPT-2 folder / weights file, or a hub name
     when online) takes the decoder's architecture and weights from GPT-2, so
     ``decoder_embed_dim/depth/num_heads`` are ignored and ``vocab_size`` must be GPT-2's.
+    ``decoder_arch`` (``TextDecoder`` arguments) builds that decoder again without the GPT-2
+    files: the captioning task records it in checkpoints of GPT-2 captioners.
     """
     encoder = create_encoder(
         encoder_preset, encoder_pretrained, img_size=img_size, patch_size=patch_size, **encoder_kwargs
@@ -86,6 +89,8 @@ def create_captioner(
                 f"vocab_size={vocab_size} but GPT-2 {decoder_pretrained!r} has {decoder.vocab_size} tokens: "
                 "use GPT-2's tokenizer with a pretrained GPT-2 decoder"
             )
+    elif decoder_arch:
+        decoder = TextDecoder(**decoder_arch)
     else:
         if vocab_size is None:
             raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")

@@ -131,6 +131,25 @@ def test_load_local_folder_and_offline_hub_name(tmp_path, gpt2, monkeypatch):
                          num_heads=2)
 
 
+def test_gpt2_captioner_is_rebuilt_from_its_recorded_arch_without_the_files(tmp_path, gpt2):
+    """A checkpoint keeps model.decoder_arch; load_model nulls decoder_pretrained, so the
+    decoder must come back with GPT-2's shapes from the record alone."""
+    import shutil
+
+    sd = {k.removeprefix("transformer."): v.contiguous() for k, v in gpt2.state_dict().items() if k != "lm_head.weight"}
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    save_file(sd, str(folder / "model.safetensors"))
+    gpt2.config.to_json_file(str(folder / "config.json"))
+    small = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, max_len=16)
+    built = create_captioner(None, decoder_pretrained=str(folder), **small)
+    assert built.decoder.arch["embed_dim"] == gpt2.config.n_embd and built.decoder.arch["max_len"] == 16
+    shutil.rmtree(folder)
+    rebuilt = create_captioner(None, decoder_pretrained=None, decoder_arch=built.decoder.arch, **small)
+    rebuilt.load_state_dict(built.state_dict())  # every key and shape fits
+    assert rebuilt.decoder.lm_head.weight is rebuilt.decoder.tok_embed.weight
+
+
 TINY_CAP = dict(
     vocab_size=V, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4, max_len=T, img_size=32, patch_size=8,
     embed_dim=48, depth=2, num_heads=2,
