@@ -122,8 +122,9 @@ def _decode(
             raise BadImageError(path, f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}")
         if draft_size and img.format == "JPEG":
             img.draft(mode if mode in ("RGB", "L") else None, (draft_size, draft_size))
-        # exif_transpose returns a loaded copy, so the file can close after this block.
-        img = ImageOps.exif_transpose(img)
+        # Loads the pixels (the file can close after this block) and applies the EXIF
+        # orientation in place: no copy of the usual, upright image.
+        ImageOps.exif_transpose(img, in_place=True)
     if img.mode == "P" and "transparency" in img.info:
         # Palette + transparency (common in GIFs) must go through RGBA; PIL warns otherwise.
         img = img.convert("RGBA")
