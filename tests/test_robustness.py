@@ -31,6 +31,7 @@ from mmtrans.data.image_folder import image_folder_splits
 from mmtrans.data.io import BadImageError, load_image
 from mmtrans.data.medical_csv import medical_csv_splits
 from mmtrans.data.transforms import build_transform
+from tests.test_train import TINY as TRAIN_TINY
 from train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,18 +237,8 @@ def test_an_all_bad_eval_batch_is_empty_and_listed(tmp_path: Path) -> None:
 
 # -- through train.py -----------------------------------------------------------------------
 
-TINY = [
-    "model.embed_dim=32",
-    "model.depth=1",
-    "model.num_heads=2",
-    "model.patch_size=8",
-    "data.img_size=32",
-    "data.batch_size=4",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "trainer.max_epochs=2",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+# test_train's tiny ViT, with batches of 4 over 2 epochs.
+TINY = [*(o for o in TRAIN_TINY if not o.startswith("data.batch_size=")), "data.batch_size=4", "trainer.max_epochs=2"]
 
 
 def _folder_run(tmp_path: Path, root: Path, *overrides: str):
