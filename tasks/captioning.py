@@ -25,6 +25,7 @@ from mmtrans.metrics import caption_scores
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from mmtrans.viz import caption_grid
+from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
 __all__ = ["CaptioningTask"]
@@ -167,9 +168,7 @@ class CaptioningTask(L.LightningModule):
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
         if cfg.data.get("mean") is None:
             datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
-        config = OmegaConf.to_container(cfg, resolve=True)
-        # Record the normalisation in effect, so a checkpoint alone preprocesses new images.
-        config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
+        config = checkpoint_config(cfg, datamodule)
         if getattr(model.decoder, "arch", None):  # a GPT-2 decoder: rebuilt later without its files
             config["model"]["decoder_arch"] = model.decoder.arch
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}

@@ -13,7 +13,8 @@ from torch import nn
 from mmtrans.models.heads import head_outputs
 from mmtrans.models.pretrained import check_state_dict, load_weights_only
 
-__all__ = ["EXPORT_FILES", "EXPORT_FORMAT_VERSION", "check_checkpoint_fits", "load_model", "read_checkpoint"]
+__all__ = ["EXPORT_FILES", "EXPORT_FORMAT_VERSION", "check_checkpoint_fits", "checkpoint_config", "load_model",
+           "read_checkpoint"]
 
 # ckpt_path values that Lightning resolves itself (no file to check up front).
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
@@ -37,6 +38,18 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); "
                          "to start from plain weights use model.pretrained=PATH")
     return ckpt
+
+
+def checkpoint_config(cfg: Any, datamodule: Any) -> dict[str, Any]:
+    """The run's config as tasks keep it in checkpoints: resolved, with the normalisation in
+    effect written out. `data.mean/std` null means "the encoder's pretrained_cfg", which
+    pretrained weights set; a model rebuilt from the checkpoint (no weights fetched) would
+    otherwise fall back to its preset's and preprocess new images differently."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
+    return config
 
 
 def check_checkpoint_fits(module: nn.Module, path: str | Path) -> None:

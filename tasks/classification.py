@@ -14,7 +14,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MultilabelAccuracy
@@ -23,6 +23,7 @@ from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.data.splits import LABEL_TYPES, class_counts, dataset_labels
 from mmtrans.models.heads import head_outputs
 from mmtrans.optim import build_adamw
+from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
 __all__ = ["ClassificationTask", "balanced_class_weights"]
@@ -179,7 +180,7 @@ class ClassificationTask(L.LightningModule):
             class_weights = balanced_class_weights(labels, label_type, num_classes)
         return instantiate(cfg.task, _partial_=True, _convert_="all")(
             model=model, num_classes=num_classes, class_names=list(datamodule.class_names),
-            config=OmegaConf.to_container(cfg, resolve=True), label_type=label_type, class_weights=class_weights,
+            config=checkpoint_config(cfg, datamodule), label_type=label_type, class_weights=class_weights,
         )
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from tasks.checkpoint import load_model
 from train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,9 @@ def test_fit_then_evaluate_the_best_checkpoint_alone(tmp_path: Path) -> None:
     assert (fit_dir / "checkpoints" / "last.ckpt").is_file()
     assert "val/acc_best" in metrics
     assert not list(fit_dir.rglob("*.tmp")), "AtomicCheckpointIO left a temporary file"
+    # data.mean/std were null (the encoder's normalisation): the checkpoint says which was used.
+    data_cfg = load_model(best)[1]["config"]["data"]
+    assert data_cfg["mean"] == [0.5, 0.5, 0.5] and data_cfg["std"] == [0.5, 0.5, 0.5]
 
     only_test, _ = train(compose_cfg(test_dir, "train=false", f"ckpt_path={best}"))
     assert "train/loss" not in only_test and "val/acc" not in only_test
