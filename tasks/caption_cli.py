@@ -20,9 +20,9 @@ import torch
 
 from mmtrans.data.image_folder import iter_image_files
 from mmtrans.data.io import load_image, shown
-from mmtrans.data.transforms import build_transform
 from mmtrans.generation import caption_images
 from tasks.checkpoint import load_model
+from tasks.datamodule import eval_transform
 
 # A batch holds this many decoded pixels per image at most (~150 MB as RGB); photos from
 # 8K cameras (33 MP) pass, scanned posters and decompression bombs do not.
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model.to(args.device)
     data_cfg = info["config"]["data"]
-    transform = build_transform(
-        data_cfg["img_size"], train=False, mean=data_cfg.get("mean") or model.encoder.pretrained_cfg["mean"],
-        std=data_cfg.get("std") or model.encoder.pretrained_cfg["std"], in_chans=data_cfg.get("in_chans", 3),
-        crop_pct=(data_cfg.get("augment") or {}).get("crop_pct", 0.875),
-    )
+    transform = eval_transform(data_cfg, model.encoder.pretrained_cfg)
     generation = {**(info.get("generation") or {})}
     if args.beams is not None:
         generation["num_beams"] = args.beams

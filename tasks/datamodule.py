@@ -36,6 +36,17 @@ def _name(factory: Callable) -> str:
     return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
 
 
+def eval_transform(data_cfg: dict[str, Any], pretrained_cfg: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """The eval pipeline of a data config as a checkpoint stores it (`config["data"]`): what
+    DataModule applies to val / test, for images met after training (the caption CLI)."""
+    augment = data_cfg.get("augment") or {}
+    return build_transform(
+        data_cfg["img_size"], train=False, in_chans=data_cfg.get("in_chans", 3),
+        mean=data_cfg.get("mean") or pretrained_cfg["mean"], std=data_cfg.get("std") or pretrained_cfg["std"],
+        **{k: augment[k] for k in _EVAL_KEYS if k in augment},
+    )
+
+
 class _SwappableTransform:
     """A transform whose pipeline can be replaced after the datasets hold it.
 

@@ -114,3 +114,21 @@ def test_loader_options_and_worker_process():
     single = DataModule(shapes(), img_size=16, batch_size=4)
     single.setup()
     assert not single.train_dataloader().persistent_workers
+
+
+def test_eval_transform_of_a_stored_config_is_the_datamodules():
+    """What the caption CLI rebuilds from a checkpoint's data config preprocesses like val/test."""
+    import numpy as np
+    from PIL import Image
+
+    from tasks.datamodule import eval_transform
+
+    augment = {"crop_pct": 0.8, "interpolation": "nearest", "hflip": 0.5}
+    dm = DataModule(shapes(), img_size=16, batch_size=8, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), augment=augment)
+    dm.setup("fit")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8))
+    stored = {"img_size": 16, "in_chans": 3, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "augment": augment}
+    assert torch.equal(eval_transform(stored, {})(img), dm._eval_transform(img))
+    # The interpolation matters here: without it the pictures differ.
+    plain = {**stored, "augment": {"crop_pct": 0.8}}
+    assert not torch.equal(eval_transform(plain, {})(img), dm._eval_transform(img))
