@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
+        # A process killed mid-save (SIGKILL skips the cleanup above) leaves its temporary
+        # file behind; the next good save of the same checkpoint removes it.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
     def load_checkpoint(
         self,

@@ -66,7 +66,7 @@ def test_sigkilled_mid_epoch_run_resumes_as_if_never_stopped(tmp_path: Path) -> 
     assert Path(metrics["best_ckpt"]).parent == ckpt_dir
     ref_w, w = weights(ref_dir), weights(run_dir)
     assert ref_w.keys() == w.keys() and all(torch.equal(ref_w[k], w[k]) for k in ref_w)
-    assert leftover.is_file()  # left as it was: removing it is the user's call
+    assert not leftover.exists()  # the resumed run's first save of last.ckpt cleared it
 
 
 def test_sigkill_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:

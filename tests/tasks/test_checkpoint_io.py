@@ -39,6 +39,15 @@ def test_failure_mid_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: p
     assert io.load_checkpoint(path)["epoch"] == 1
 
 
+def test_next_save_removes_the_temporary_file_of_a_killed_save(tmp_path: Path) -> None:
+    stale = tmp_path / ".last.ckpt.0123abcd.tmp"  # what a SIGKILL mid-save leaves
+    stale.write_bytes(b"PK half")
+    other = tmp_path / ".epoch_001.ckpt.0123abcd.tmp"  # another checkpoint's: not ours to touch
+    other.write_bytes(b"PK")
+    AtomicCheckpointIO().save_checkpoint({"epoch": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".epoch_001.ckpt.0123abcd.tmp", "last.ckpt"]
+
+
 def test_load_refuses_pickled_code(tmp_path: Path) -> None:
     path = tmp_path / "evil.ckpt"
     torch.save({"payload": Evil()}, path)
