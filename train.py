@@ -24,6 +24,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -181,12 +182,16 @@ def _write_run_info(cfg: DictConfig, output_dir: Path) -> None:
 
 def _write_bad_images(datamodule: Any, callbacks: list[Any], output_dir: Path, write: bool) -> dict[str, int]:
     """With `data.on_bad_image=skip`: every image file left out (found by `data.validate`, or
-    skipped by the loaders of this process) in `bad_images.json`, and their counts for
-    metrics.json."""
-    invalid = getattr(datamodule, "invalid_images", [])
-    skipped = [e for cb in callbacks if isinstance(cb, BadImageReport) for e in cb.skipped]
+    skipped by the loaders of any process) in `bad_images.json`, and their counts for
+    metrics.json. Called on every process: the lists are gathered from all of them."""
     if getattr(datamodule, "on_bad_image", "raise") != "skip":
         return {}
+    invalid = getattr(datamodule, "invalid_images", [])  # the same on every process
+    skipped = [e for cb in callbacks if isinstance(cb, BadImageReport) for e in cb.skipped]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        per_process: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(per_process, skipped)
+        skipped = [e for entries in per_process for e in entries]
     if write and (invalid or skipped):
         output_dir.mkdir(parents=True, exist_ok=True)
         report = {"found_by_validate": invalid, "skipped_while_loading": skipped}

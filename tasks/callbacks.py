@@ -176,9 +176,10 @@ class BadImageReport(Callback):
         pl_module.log(f"{split}/skipped_images", float(len(entries)), reduce_fx="sum", sync_dist=True)
         if not entries:
             return
-        epoch = trainer.current_epoch
-        self.skipped += [{**e, "split": split, "epoch": epoch} for e in entries]
+        epoch = trainer.current_epoch if split != "test" else None  # testing has no epoch of its own
+        self.skipped += [{**e, "split": split, "rank": trainer.global_rank, "epoch": epoch} for e in entries]
+        where = "in testing" if epoch is None else f"in epoch {epoch}"
         rank = f" (process {trainer.global_rank})" if trainer.world_size > 1 else ""
         bad = [BadSample(e["path"], e["reason"]) for e in entries]
-        print(f"data.on_bad_image=skip: {len(entries)} {split} sample(s) left out in epoch {epoch}{rank}:\n"
+        print(f"data.on_bad_image=skip: {len(entries)} {split} sample(s) left out {where}{rank}:\n"
               f"{format_bad_images(bad)}", flush=True)

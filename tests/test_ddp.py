@@ -33,3 +33,32 @@ def test_ddp_cpu_metrics_equal_single_process(tmp_path: Path) -> None:
     single = run(tmp_path / "single", "trainer=cpu", "train=false", f"ckpt_path={ddp['best_ckpt']}")
     for key in ("test/auc", "test/acc", "test/auc_ci_low", "test/auc_ci_high", "test/ece", "test/loss"):
         assert single[key] == pytest.approx(ddp[key], abs=1e-6), key
+
+
+def test_ddp_cpu_skips_bad_images_and_counts_them_over_both_processes(tmp_path: Path) -> None:
+    """data.on_bad_image=skip under DDP: every process steps together (the bad training
+    sample is replaced, not dropped), counts are summed, bad_images.json lists all processes'."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c, cls in enumerate("ab"):
+        for split, n in (("train", 8), ("val", 3)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.random.default_rng(10 * c + i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    (root / "train" / "a" / "empty.png").write_bytes(b"")
+    (root / "val" / "b" / "zz.png").write_bytes(b"")
+    cmd = [sys.executable, "train.py", "task=classification", "data=imagefolder", f"data.root={root}",
+           "model=vit_tiny", *TINY[1:5], "data.img_size=32", "data.batch_size=4", "trainer=ddp_cpu",
+           "trainer.max_epochs=2", "data.on_bad_image=skip", "callbacks.progress_bar.refresh_rate=0",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # Per epoch the bad train image is drawn once in all (by one process or the other).
+    assert metrics["train/skipped_images"] == 1 and metrics["val/skipped_images"] == 1
+    entries = json.loads((tmp_path / "run" / "bad_images.json").read_text())["skipped_while_loading"]
+    assert metrics["data/skipped_images"] == len(entries) == 2 + 2 + 1  # train and val twice, test once
+    assert sorted({e["split"] for e in entries}) == ["test", "train", "val"]
