@@ -27,7 +27,7 @@ from PIL import Image
 
 from mmtrans.data.bad_images import SKIPPED_KEY, SkipBadImages, SkippingCollate, find_bad_images
 from mmtrans.data.captions import CaptionDataset, collate_captions, read_captions
-from mmtrans.data.image_folder import image_folder_splits
+from mmtrans.data.image_folder import ImageFolderDataset, find_images, image_folder_splits
 from mmtrans.data.io import BadImageError, load_image
 from mmtrans.data.medical_csv import medical_csv_splits
 from mmtrans.data.transforms import build_transform
@@ -132,12 +132,8 @@ TRANSFORM = build_transform(16, train=False, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def _image_folder(folder: Path, tmp: Path):
-    root = tmp / "tree"
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for f in folder.iterdir():
-            os.link(f, root / cls / f.name)
-    return image_folder_splits(root, eval_transform=TRANSFORM, val_fraction=0.5, test_fraction=0.0).val
+    # Every file, as the folder listing finds it (the non-UTF-8 name included), in one class.
+    return ImageFolderDataset([(f, 0) for f in find_images(folder)], ["all"], TRANSFORM)
 
 
 def _captions(folder: Path, tmp: Path):
@@ -177,6 +173,7 @@ def test_raise_policy_names_the_broken_file_and_loads_the_rest(hostile, tmp_path
     dataset = DATASETS[kind](folder, tmp_path)
     files = dataset.image_files()
     assert {_name(f) for f in files} >= set(BROKEN)
+    assert kind != "image_folder" or NON_UTF8 in {_name(f) for f in files}
     for i in range(len(dataset)):
         name = _name(files[i])
         if kinds[name] == "bad":
