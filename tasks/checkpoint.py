@@ -10,8 +10,9 @@ from typing import Any
 from hydra.utils import instantiate
 from torch import nn
 
+from mmtrans.models.factory import encoder_kwargs
 from mmtrans.models.heads import head_outputs
-from mmtrans.models.pretrained import check_state_dict, load_weights_only
+from mmtrans.models.pretrained import check_state_dict, is_weights_path, load_weights_only
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMAT_VERSION", "check_checkpoint_fits", "checkpoint_config", "load_model",
            "read_checkpoint"]
@@ -85,8 +86,16 @@ def _build_model(info: dict[str, Any], source: str | Path) -> nn.Module:
     model_cfg = (info.get("config") or {}).get("model")
     if model_cfg is None:
         raise ValueError(f"checkpoint {source} carries no model config (hyper_parameters.config.model)")
-    # The weights come from the checkpoint: never fetch pretrained weights again.
-    overrides = {k: None for k in model_cfg if k.endswith("pretrained")}
+    # The weights come from the checkpoint: never fetch pretrained weights again. A timm name
+    # that also gave the encoder's architecture (its preset null) gives it again, as
+    # constructor arguments (timm builds the model without weights: no network).
+    overrides: dict[str, Any] = {}
+    for key in [k for k in model_cfg if k.endswith("pretrained")]:
+        overrides[key] = None
+        source, preset_key = model_cfg[key], key.replace("pretrained", "preset")
+        if source and preset_key in model_cfg and model_cfg[preset_key] is None and not is_weights_path(source):
+            arch = encoder_kwargs(None, source, {})
+            overrides.update({k: v for k, v in arch.items() if model_cfg.get(k) is None})
     if info.get("num_classes") is not None:  # the head's size: one logit for binary labels
         overrides["num_classes"] = head_outputs(info.get("label_type") or "multiclass", info["num_classes"])
     if info.get("tokenizer") is not None:

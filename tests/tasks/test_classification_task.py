@@ -94,3 +94,22 @@ def test_bad_arguments():
 def test_load_model_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_model(tmp_path / "nope.ckpt")
+
+
+def test_classifier_with_a_timm_architecture_trains_and_rebuilds_from_its_checkpoint(monkeypatch):
+    """model.preset=null model.pretrained=<any timm ViT name>: the architecture is timm's (here
+    DINOv2 ViT-S/14 with 4 register tokens, which no preset has), at training time and again
+    when load_model rebuilds the model without fetching weights."""
+    from hydra.utils import instantiate
+
+    import mmtrans.models.factory as factory
+    from tasks.checkpoint import _build_model
+
+    monkeypatch.setattr(factory, "load_pretrained", lambda model, source: model)  # the weights need the network
+    cfg = {"_target_": "mmtrans.models.create_image_classifier", "preset": None,
+           "pretrained": "vit_small_patch14_reg4_dinov2", "num_classes": None, "img_size": 28,
+           "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None}
+    model = instantiate({**cfg, "num_classes": 3})
+    assert model.encoder.embed_dim == 384 and len(model.encoder.blocks) == 12 and model.encoder.num_prefix_tokens == 5
+    rebuilt = _build_model({"config": {"model": cfg}, "num_classes": 3, "label_type": "multiclass"}, "run.ckpt")
+    rebuilt.load_state_dict(model.state_dict())  # every key and shape fits
