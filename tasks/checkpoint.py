@@ -12,7 +12,7 @@ from torch import nn
 
 from mmtrans.models.factory import encoder_kwargs
 from mmtrans.models.heads import head_outputs
-from mmtrans.models.pretrained import check_state_dict, is_weights_path, load_weights_only
+from mmtrans.models.pretrained import check_state_dict, load_weights_only, timm_model_name
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMAT_VERSION", "check_checkpoint_fits", "checkpoint_config", "load_model",
            "read_checkpoint"]
@@ -42,14 +42,23 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 def checkpoint_config(cfg: Any, datamodule: Any) -> dict[str, Any]:
-    """The run's config as tasks keep it in checkpoints: resolved, with the normalisation in
-    effect written out. `data.mean/std` null means "the encoder's pretrained_cfg", which
-    pretrained weights set; a model rebuilt from the checkpoint (no weights fetched) would
-    otherwise fall back to its preset's and preprocess new images differently."""
+    """The run's config as tasks keep it in checkpoints, so that the checkpoint alone rebuilds
+    the model (`load_model` drops every `*pretrained` source: no weights are fetched again).
+
+    Resolved, plus what the sources implied: the normalisation in effect (`data.mean/std`
+    null means "the encoder's pretrained_cfg", which pretrained weights set), and, for an
+    encoder whose preset is null, the architecture of the timm model it came from, as
+    constructor arguments in `model` (`encoder_kwargs`)."""
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(cfg, resolve=True)
     config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
+    model = config["model"]
+    for preset_key, source_key in (("preset", "pretrained"), ("encoder_preset", "encoder_pretrained")):
+        source = model.get(source_key)
+        if preset_key in model and model[preset_key] is None and source and timm_model_name(source):
+            arch = encoder_kwargs(None, source, {})
+            model.update({k: v for k, v in arch.items() if model.get(k) is None})
     return config
 
 
@@ -86,16 +95,9 @@ def _build_model(info: dict[str, Any], source: str | Path) -> nn.Module:
     model_cfg = (info.get("config") or {}).get("model")
     if model_cfg is None:
         raise ValueError(f"checkpoint {source} carries no model config (hyper_parameters.config.model)")
-    # The weights come from the checkpoint: never fetch pretrained weights again. A timm name
-    # that also gave the encoder's architecture (its preset null) gives it again, as
-    # constructor arguments (timm builds the model without weights: no network).
-    overrides: dict[str, Any] = {}
-    for key in [k for k in model_cfg if k.endswith("pretrained")]:
-        overrides[key] = None
-        source, preset_key = model_cfg[key], key.replace("pretrained", "preset")
-        if source and preset_key in model_cfg and model_cfg[preset_key] is None and not is_weights_path(source):
-            arch = encoder_kwargs(None, source, {})
-            overrides.update({k: v for k, v in arch.items() if model_cfg.get(k) is None})
+    # The weights come from the checkpoint: never fetch pretrained weights again (an
+    # architecture they implied is in the config: checkpoint_config).
+    overrides: dict[str, Any] = {k: None for k in model_cfg if k.endswith("pretrained")}
     if info.get("num_classes") is not None:  # the head's size: one logit for binary labels
         overrides["num_classes"] = head_outputs(info.get("label_type") or "multiclass", info["num_classes"])
     if info.get("tokenizer") is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from .captioner import ImageCaptioner
 from .heads import ImageClassifier
-from .pretrained import create_timm_model, is_weights_path, load_pretrained
+from .pretrained import create_timm_model, load_pretrained, timm_model_name
 from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, create_vit
 
@@ -15,13 +15,15 @@ __all__ = ["create_captioner", "create_encoder", "create_image_classifier", "enc
 
 def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``create_vit`` arguments besides the preset: ``kwargs`` less unset (None) architecture
-    keys, which mean "from the preset", or, with ``preset=None`` and a timm model name as
-    ``pretrained``, "from that timm model" (built without weights: no network needed)."""
+    keys, which mean "from the preset", or, with ``preset=None`` and a timm model as
+    ``pretrained`` (its name, or weights with timm's hub ``config.json`` beside them), "from
+    that timm model" (built without weights: no network needed). Explicit kwargs win."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ARCH_KEYS}
-    if preset is None and pretrained and not is_weights_path(pretrained):
+    name = timm_model_name(pretrained) if preset is None and pretrained else None
+    if name:
         from .convert_timm import vit_kwargs_from_timm
 
-        return {**vit_kwargs_from_timm(create_timm_model(pretrained, pretrained=False)), **kwargs}
+        return {**vit_kwargs_from_timm(create_timm_model(name, pretrained=False)), **kwargs}
     if preset is None and not kwargs:
         raise ValueError("give a model preset (e.g. 'vit_tiny') or a timm name as `pretrained`")
     return kwargs

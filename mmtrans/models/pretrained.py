@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "check_state_dict", "create_timm_model", "is_weights_path",
-           "load_pretrained", "load_state_dict_checked", "load_weights_only", "read_state_dict"]
+           "load_pretrained", "load_state_dict_checked", "load_weights_only", "read_state_dict", "timm_model_name"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -127,6 +127,20 @@ def create_timm_model(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
             "Without network access, download the weights elsewhere (e.g. model.safetensors from the "
             f"Hugging Face hub page timm/{name}) and pass model.pretrained=/path/to/model.safetensors"
         ) from e
+
+
+def timm_model_name(source: str) -> str | None:
+    """The timm model a weights source is an instance of: `source` itself when it is a name,
+    else the "architecture" of a hub-style ``config.json`` beside the weights file (timm's
+    hub repos ship one), else None."""
+    if not is_weights_path(source):
+        return source
+    cfg_file = Path(source).parent / "config.json"
+    try:
+        name = json.loads(cfg_file.read_text()).get("architecture")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
 
 
 def _normalization_next_to(path: Path) -> dict[str, Any]:

@@ -96,20 +96,36 @@ def test_load_model_missing_file(tmp_path):
         load_model(tmp_path / "nope.ckpt")
 
 
-def test_classifier_with_a_timm_architecture_trains_and_rebuilds_from_its_checkpoint(monkeypatch):
-    """model.preset=null model.pretrained=<any timm ViT name>: the architecture is timm's (here
-    DINOv2 ViT-S/14 with 4 register tokens, which no preset has), at training time and again
-    when load_model rebuilds the model without fetching weights."""
+@pytest.mark.parametrize("source", ["name", "weights file with timm's config.json"])
+def test_classifier_with_a_timm_architecture_rebuilds_from_its_checkpoint(monkeypatch, tmp_path, source):
+    """model.preset=null model.pretrained=<a timm ViT>: the architecture is timm's (here
+    DINOv2 ViT-S/14 with 4 register tokens, which no preset has), from its name or from the
+    config.json timm's hub ships beside the weights; the checkpoint's config records it, so
+    load_model rebuilds the model without the source."""
+    import json
+    from types import SimpleNamespace
+
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     import mmtrans.models.factory as factory
-    from tasks.checkpoint import _build_model
+    from tasks.checkpoint import _build_model, checkpoint_config
 
-    monkeypatch.setattr(factory, "load_pretrained", lambda model, source: model)  # the weights need the network
-    cfg = {"_target_": "mmtrans.models.create_image_classifier", "preset": None,
-           "pretrained": "vit_small_patch14_reg4_dinov2", "num_classes": None, "img_size": 28,
-           "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None}
-    model = instantiate({**cfg, "num_classes": 3})
+    monkeypatch.setattr(factory, "load_pretrained", lambda model, source: model)  # weights are not the point
+    name = "vit_small_patch14_reg4_dinov2"
+    if source == "name":
+        pretrained = name
+    else:
+        (tmp_path / "config.json").write_text(json.dumps({"architecture": name, "num_classes": 0}))
+        pretrained = str(tmp_path / "model.safetensors")
+    cfg = OmegaConf.create({"model": {
+        "_target_": "mmtrans.models.create_image_classifier", "preset": None, "pretrained": pretrained,
+        "num_classes": None, "img_size": 28, "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None,
+    }, "data": {"mean": None, "std": None}})
+    model = instantiate(cfg.model, num_classes=3)
     assert model.encoder.embed_dim == 384 and len(model.encoder.blocks) == 12 and model.encoder.num_prefix_tokens == 5
-    rebuilt = _build_model({"config": {"model": cfg}, "num_classes": 3, "label_type": "multiclass"}, "run.ckpt")
+    config = checkpoint_config(cfg, SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert config["model"]["reg_tokens"] == 4 and config["model"]["patch_size"] == 14
+    (tmp_path / "config.json").unlink(missing_ok=True)  # the source is gone: the record suffices
+    rebuilt = _build_model({"config": config, "num_classes": 3, "label_type": "multiclass"}, "run.ckpt")
     rebuilt.load_state_dict(model.state_dict())  # every key and shape fits
