@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.nn.attention import Attention  # noqa: E402
 
@@ -148,13 +148,7 @@ def main() -> None:
                 # Short calls are batched into one timed run so the clock's resolution and
                 # the loop's overhead stay small beside them.
                 calls[path] = max(1, math.ceil(args.min_run_ms / 1e3 / timed(fn, device, 1)))
-            times: dict[str, list[float]] = {path: [] for path in PATHS}
-            for r in range(args.repeats):
-                # Interleaved, first one then the other first: drift and whatever the previous
-                # run left in the caches hit both alike.
-                order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
-                for path, fn in order:
-                    times[path].append(timed(fn, device, calls[path]))
+            times = interleaved(fns, args.repeats, lambda path, fn, calls=calls: timed(fn, device, calls[path]))
             mem = {path: peak_extra_bytes(fn, device) for path, fn in fns.items()}
             results[phase][L] = {"time": times, "mem": mem}
         del x

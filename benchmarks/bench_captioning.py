@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere in a checkout
 
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import caption_images  # noqa: E402
 from mmtrans.text import CaptionTokenizer  # noqa: E402
@@ -108,13 +108,7 @@ def main() -> None:
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
-    times: dict[str, list[float]] = {who: [] for who in fns}
-    for r in range(args.repeats):
-        # Interleaved, the order reversed every other repeat: drift and whatever the previous run
-        # left in the caches hit all alike.
-        order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
-        for who, fn in order:
-            times[who].append(timed(fn, device))
+    times = interleaved(fns, args.repeats, lambda who, fn: timed(fn, device))
 
     name = "captioner_base" if args.base else "captioner_tiny"
     params = sum(p.numel() for p in model.parameters()) / 1e6

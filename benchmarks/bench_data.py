@@ -40,6 +40,8 @@ from torchvision.transforms import InterpolationMode, v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
+from timing import interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
+
 from mmtrans.data.image_folder import image_folder_splits  # noqa: E402
 from mmtrans.data.transforms import build_transform  # noqa: E402
 
@@ -105,11 +107,11 @@ def warm_up(dl: DataLoader, batches: int = 2) -> None:
             break
 
 
-def epoch(dl: DataLoader) -> tuple[int, float]:
-    """(images, seconds) of one pass over `dl`."""
+def images_per_s(dl: DataLoader) -> float:
+    """Images per second of one pass over `dl`."""
     start = time.perf_counter()
     count = sum(images_of(b).shape[0] for b in dl)
-    return count, time.perf_counter() - start
+    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -167,15 +169,7 @@ def main() -> None:
             for dl in loaders.values():
                 for _ in range(args.warmup):
                     warm_up(dl)
-            rates: dict[str, list[float]] = {who: [] for who in loaders}
-            for r in range(args.repeats):
-                # Interleaved, first one then the other first: drift and the other engineer's
-                # load on a shared machine hit both alike.
-                order = list(loaders.items()) if r % 2 == 0 else list(loaders.items())[::-1]
-                for who, dl in order:
-                    count, seconds = epoch(dl)
-                    rates[who].append(count / seconds)
-            results[workers] = rates
+            results[workers] = interleaved(loaders, args.repeats, lambda who, dl: images_per_s(dl))
             del loaders  # shuts the persistent workers down before the next worker count
 
     sizes = f"{args.min_side}..{args.max_side} px"

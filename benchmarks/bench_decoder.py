@@ -48,7 +48,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import greedy_search  # noqa: E402
 from mmtrans.models import TextDecoder, convert_gpt2, decoder_kwargs_from_gpt2  # noqa: E402
@@ -131,14 +131,7 @@ def main() -> None:
         for fn in fns.values():
             for _ in range(args.warmup - 1):
                 fn()
-        times: dict[str, list[float]] = {who: [] for who in fns}
-        for r in range(args.repeats):
-            # Interleaved, the order reversed every other repeat: drift and whatever the previous
-            # run left in the caches hit all alike.
-            order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
-            for who, fn in order:
-                times[who].append(timed(fn, device))
-        results[batch] = times
+        results[batch] = interleaved(fns, args.repeats, lambda who, fn: timed(fn, device))
 
     print(f"GPT-2 {args.layers} layers x {args.width} wide, {args.heads} heads, vocab {args.vocab}; greedy, "
           f"prompt {args.prompt} (+BOS), {n_new} new tokens, KV cache; {device}, {args.threads} threads, "

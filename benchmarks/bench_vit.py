@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.models import ImageClassifier, VisionTransformer, convert_timm_vit, vit_kwargs_from_timm  # noqa: E402
 
@@ -70,14 +70,7 @@ def main() -> None:
         for fn in fns.values():
             for _ in range(args.warmup):
                 fn()
-        times: dict[str, list[float]] = {"ours": [], "timm": []}
-        for r in range(args.repeats):
-            # Interleaved, first one then the other first: drift and whatever the previous run
-            # left in the caches hit both alike.
-            order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
-            for who, fn in order:
-                times[who].append(timed(fn, device))
-        results[phase] = times
+        results[phase] = interleaved(fns, args.repeats, lambda who, fn: timed(fn, device))
 
     print(f"{args.model}, batch {args.batch}, 224 px, {device}, {args.threads} threads, "
           f"median of {args.repeats} (min-max), max |logit diff| {diff:.1e}")

@@ -1,9 +1,10 @@
-"""The one timer the benchmark scripts share: wall time of a call, GPU work included."""
+"""What the benchmark scripts share: a timer (wall time of a call, GPU work included) and the
+interleaved repeat loop."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -22,3 +23,17 @@ def timed(fn: Callable[[], object], device: torch.device, calls: int = 1) -> flo
         fn()
     sync(device)
     return (time.perf_counter() - start) / calls
+
+
+def interleaved(
+    fns: Mapping[str, object], repeats: int, measure: Callable[[str, object], float]
+) -> dict[str, list[float]]:
+    """`repeats` values of `measure(name, fn)` for each entry of `fns`, interleaved with the
+    order reversed every other repeat: drift and whatever the previous run left in the caches
+    hit all alike."""
+    values: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        order = list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
+            values[name].append(measure(name, fn))
+    return values
