@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from mmtrans.models.pretrained import pretrained_preprocessing
 from tasks.callbacks import BadImageReport
 from tasks.checkpoint import check_checkpoint_fits
 from tasks.checkpoint_io import AtomicCheckpointIO
@@ -57,9 +58,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_writable(output_dir)  # unwritable or full: say so now, before the data is read
     L.seed_everything(cfg.seed, workers=True)
 
-    # Each task builds its model from the data (class count, tokenizer) and then itself;
-    # the resolved config and what the data taught it go into every checkpoint.
-    datamodule = instantiate(cfg.data, _convert_="all")
+    # One way: config + the encoder's pretrained config -> preprocessing (resolved in the
+    # DataModule, once) -> data sets -> model (each task builds it from the data: size,
+    # channels, classes, tokenizer) -> task. The resolved config, the preprocessing and what
+    # the data taught the task go into every checkpoint.
+    weights = cfg.model.get("pretrained") or cfg.model.get("encoder_pretrained")
+    datamodule = instantiate(cfg.data, pretrained_cfg=pretrained_preprocessing(weights), _convert_="all")
     task = get_class(cfg.task._target_).build(cfg, datamodule)
     model = task.model
     apply_speed_options(model, cfg.compile, cfg.channels_last, cfg.grad_checkpointing)

@@ -20,9 +20,9 @@ import torch
 
 from mmtrans.data.image_folder import iter_image_files
 from mmtrans.data.io import load_image, shown
+from mmtrans.data.preprocessing import Preprocessing
 from mmtrans.generation import caption_images
 from tasks.checkpoint import load_model
-from tasks.datamodule import eval_transform
 
 # A batch holds this many decoded pixels per image at most (~150 MB as RGB); photos from
 # 8K cameras (33 MP) pass, scanned posters and decompression bombs do not.
@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmtrans-caption: {args.checkpoint} is not a captioning checkpoint (no tokenizer)", file=sys.stderr)
         return 2
     model.to(args.device)
-    data_cfg = info["config"]["data"]
-    transform = eval_transform(data_cfg, model.encoder.pretrained_cfg)
+    if not info.get("preprocessing"):
+        print(f"mmtrans-caption: {args.checkpoint} records no preprocessing (written by an older mmtrans)",
+              file=sys.stderr)
+        return 2
+    transform = Preprocessing.from_dict(info["preprocessing"], str(args.checkpoint)).transform(train=False)
     generation = {**(info.get("generation") or {})}
     if args.beams is not None:
         generation["num_beams"] = args.beams

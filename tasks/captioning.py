@@ -39,6 +39,7 @@ class CaptioningTask(L.LightningModule):
         model: nn.Module,
         tokenizer: CaptionTokenizer,
         config: dict | None = None,
+        preprocessing: dict | None = None,
         lr: float = 1e-3,
         encoder_lr: float | None = None,
         weight_decay: float = 0.05,
@@ -156,7 +157,7 @@ class CaptioningTask(L.LightningModule):
     @classmethod
     def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptioningTask:
         """Tokenizer (trained on the training captions, or pretrained), model sized to its
-        vocabulary, data normalised like the encoder's weights, then the task."""
+        vocabulary and built for the data's resolved preprocessing, then the task."""
         datamodule.setup("fit")
         tok_cfg = cfg.task.get("tokenizer") or {}
         if tok_cfg.get("pretrained"):
@@ -165,11 +166,13 @@ class CaptioningTask(L.LightningModule):
             texts = datamodule.splits.train.all_captions()
             tokenizer = CaptionTokenizer.train(texts, vocab_size=tok_cfg.get("vocab_size", 1000))
         tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
-        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all")
-        if cfg.data.get("mean") is None:
-            datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
-        config = checkpoint_config(cfg, datamodule)
+        pp = datamodule.preprocessing
+        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
+                            _convert_="all")
+        config = checkpoint_config(cfg, pp, model)
         if getattr(model.decoder, "arch", None):  # a GPT-2 decoder: rebuilt later without its files
             config["model"]["decoder_arch"] = model.decoder.arch
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}
-        return instantiate(kwargs, _partial_=True, _convert_="all")(model=model, tokenizer=tokenizer, config=config)
+        return instantiate(kwargs, _partial_=True, _convert_="all")(
+            model=model, tokenizer=tokenizer, config=config, preprocessing=pp.as_dict()
+        )

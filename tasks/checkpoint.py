@@ -10,6 +10,7 @@ from typing import Any
 from hydra.utils import instantiate
 from torch import nn
 
+from mmtrans.data.preprocessing import Preprocessing
 from mmtrans.models.factory import encoder_kwargs
 from mmtrans.models.heads import head_outputs
 from mmtrans.models.pretrained import check_state_dict, load_weights_only, timm_model_name
@@ -22,7 +23,7 @@ LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 # The folder mmtrans-export writes (tasks/export.py). Bump the version when a reader of an
 # older folder would misread a newer one.
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: "preprocessing" (one record) replaces "data"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "special_tokens.json")  # CaptionTokenizer.save
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, *TOKENIZER_FILES)
@@ -41,24 +42,28 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return ckpt
 
 
-def checkpoint_config(cfg: Any, datamodule: Any) -> dict[str, Any]:
+def checkpoint_config(cfg: Any, preprocessing: Preprocessing, model: nn.Module | None = None) -> dict[str, Any]:
     """The run's config as tasks keep it in checkpoints, so that the checkpoint alone rebuilds
     the model (`load_model` drops every `*pretrained` source: no weights are fetched again).
 
-    Resolved, plus what the sources implied: the normalisation in effect (`data.mean/std`
-    null means "the encoder's pretrained_cfg", which pretrained weights set), and, for an
-    encoder whose preset is null, the architecture of the timm model it came from, as
-    constructor arguments in `model` (`encoder_kwargs`)."""
+    Resolved, plus what the data and the sources implied: the image size and channels the
+    model was built for (`preprocessing`), the patch size it got when the config left it to
+    the image size or the weights (from `model`), and, for an encoder whose preset is null, the
+    architecture of the timm model it came from, as constructor arguments in `model`
+    (`encoder_kwargs`)."""
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["data"]["mean"], config["data"]["std"] = list(datamodule.mean), list(datamodule.std)
-    model = config["model"]
+    model_cfg = config["model"]
+    model_cfg.update(img_size=preprocessing.img_size, in_chans=preprocessing.in_chans)
+    patch_embed = getattr(getattr(model, "encoder", model), "patch_embed", None)
+    if "patch_size" in model_cfg and model_cfg["patch_size"] is None and patch_embed is not None:
+        model_cfg["patch_size"] = int(patch_embed.patch_size[0])
     for preset_key, source_key in (("preset", "pretrained"), ("encoder_preset", "encoder_pretrained")):
-        source = model.get(source_key)
-        if preset_key in model and model[preset_key] is None and source and timm_model_name(source):
+        source = model_cfg.get(source_key)
+        if preset_key in model_cfg and model_cfg[preset_key] is None and source and timm_model_name(source):
             arch = encoder_kwargs(None, source, {})
-            model.update({k: v for k, v in arch.items() if model.get(k) is None})
+            model_cfg.update({k: v for k, v in arch.items() if model_cfg.get(k) is None})
     return config
 
 
@@ -118,8 +123,8 @@ def _load_exported(folder: Path, map_location: str) -> tuple[nn.Module, dict[str
     if version != EXPORT_FORMAT_VERSION:
         raise ValueError(f"{folder / CONFIG_FILE}: export format version {version!r}, this mmtrans reads "
                          f"version {EXPORT_FORMAT_VERSION}")
-    info = {k: v for k, v in exported.items() if k not in ("format_version", "task", "model", "data")}
-    info["config"] = {"task_name": exported["task"], "model": exported["model"], "data": exported["data"]}
+    info = {k: v for k, v in exported.items() if k not in ("format_version", "task", "model")}
+    info["config"] = {"task_name": exported["task"], "model": exported["model"]}
     if (folder / TOKENIZER_FILES[0]).is_file():
         from mmtrans.text import CaptionTokenizer
 

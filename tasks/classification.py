@@ -36,6 +36,7 @@ class ClassificationTask(L.LightningModule):
         num_classes: int,
         class_names: list[str] | None = None,
         config: dict | None = None,
+        preprocessing: dict | None = None,
         label_type: str | None = None,
         class_weights: str | list[float] | None = None,
         lr: float = 1e-3,
@@ -50,7 +51,8 @@ class ClassificationTask(L.LightningModule):
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
         ``prob``, ...), or None. ``freeze_encoder``: train the head only (linear probe).
-        ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
+        ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
+        checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
         grades are trained as classes, as MedMNIST's baselines do, so that AUC and ACC are
         comparable with its tables). ``class_weights``: per-class loss weights (CE), or
@@ -158,8 +160,8 @@ class ClassificationTask(L.LightningModule):
 
     @classmethod
     def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> ClassificationTask:
-        """Data first (the head size is the number of classes), then the model, normalised
-        like its pretrained weights unless the data config pins mean/std, then the task."""
+        """Data first (the head size is the number of classes; image size and channels are the
+        data's resolved preprocessing), then the model, then the task."""
         datamodule.setup("fit")
         num_classes = datamodule.num_classes
         label_type = cfg.task.get("label_type") or datamodule.splits.label_type or "multiclass"
@@ -170,9 +172,9 @@ class ClassificationTask(L.LightningModule):
                 f"({', '.join(names[:10])}{', ...' if num_classes > 10 else ''}); "
                 "leave model.num_classes=null to take it from the data"
             )
-        model = instantiate(cfg.model, num_classes=head_outputs(label_type, num_classes), _convert_="all")
-        if cfg.data.get("mean") is None:
-            datamodule.set_normalization(model.encoder.pretrained_cfg["mean"], model.encoder.pretrained_cfg["std"])
+        pp = datamodule.preprocessing
+        model = instantiate(cfg.model, num_classes=head_outputs(label_type, num_classes), img_size=pp.img_size,
+                            in_chans=pp.in_chans, _convert_="all")
         # A partial: `config` would clash with instantiate's own first argument.
         class_weights = cfg.task.get("class_weights")
         if class_weights == "balanced":
@@ -180,7 +182,8 @@ class ClassificationTask(L.LightningModule):
             class_weights = balanced_class_weights(labels, label_type, num_classes)
         return instantiate(cfg.task, _partial_=True, _convert_="all")(
             model=model, num_classes=num_classes, class_names=list(datamodule.class_names),
-            config=checkpoint_config(cfg, datamodule), label_type=label_type, class_weights=class_weights,
+            config=checkpoint_config(cfg, pp, model), preprocessing=pp.as_dict(), label_type=label_type,
+            class_weights=class_weights,
         )
 
     def configure_optimizers(self) -> dict[str, Any]:

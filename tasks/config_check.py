@@ -97,6 +97,12 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
         return [f"{where}._target_={node._target_!r} cannot be imported: {str(err).splitlines()[0]}"]
     params, hints, open_kwargs = _parameters(target)
     name = getattr(target, "__qualname__", str(target))
+    forwarded = _forwarded_options(node)
+    if forwarded is not None:  # the DataModule: its other keys are its split factory's options
+        factory_name, options = forwarded
+        params = {**options, **params}
+        open_kwargs = False
+        name = f"{name} (data set options: {factory_name})"
     problems = []
     for key in node:
         key = str(key)
@@ -107,6 +113,8 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
             if not open_kwargs:
                 close = difflib.get_close_matches(key, list(params), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                if forwarded is not None:
+                    hint += f"; valid keys: {', '.join(sorted(k for k in params if k != 'self'))}"
                 problems.append(f"{full}: {name} has no argument {key!r}{hint}")
             continue
         if key not in hints:
@@ -125,6 +133,21 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
             names = " | ".join("None" if t is type(None) else t.__name__ for t in expected)
             problems.append(f"{full}={value!r}: {name}({key}: {names}) expects {names}")
     return problems
+
+
+def _forwarded_options(node: DictConfig) -> tuple[str, dict[str, inspect.Parameter]] | None:
+    """A data config hands every key its DataModule does not take to the split factory named
+    in ``splits``: those keys are that factory's arguments (``mmtrans.data.splits.split_options``)."""
+    splits = node.get("splits") if "splits" in node else None
+    if not isinstance(splits, DictConfig) or "_target_" not in splits:
+        return None
+    from mmtrans.data.splits import split_options
+
+    try:
+        factory = get_method(splits._target_)
+    except Exception:  # noqa: BLE001 - reported for the splits node itself
+        return None
+    return factory.__qualname__, split_options(factory)
 
 
 def _simple_types(hint: Any) -> tuple[type, ...] | None:

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from mmtrans.data.bad_images import (
@@ -21,48 +20,10 @@ from mmtrans.data.bad_images import (
     format_bad_images,
     has_files,
 )
-from mmtrans.data.splits import Splits, class_counts, dataset_labels
-from mmtrans.data.transforms import build_transform
+from mmtrans.data.preprocessing import Preprocessing, resolve_preprocessing
+from mmtrans.data.splits import Splits, class_counts, dataset_labels, describe_source, split_options
 
-DEFAULT_MEAN = (0.5, 0.5, 0.5)
-DEFAULT_STD = (0.5, 0.5, 0.5)
-# Keys of `augment` that also shape the eval pipeline (resize ratio and resampling filter).
-_EVAL_KEYS = ("crop_pct", "interpolation")
 SAMPLERS = (None, "weighted")
-
-
-def _name(factory: Callable) -> str:
-    func = getattr(factory, "func", factory)  # functools.partial from `_partial_: true`
-    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
-
-
-def eval_transform(data_cfg: dict[str, Any], pretrained_cfg: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """The eval pipeline of a data config as a checkpoint stores it (`config["data"]`): what
-    DataModule applies to val / test, for images met after training (the caption CLI)."""
-    augment = data_cfg.get("augment") or {}
-    return build_transform(
-        data_cfg["img_size"], train=False, in_chans=data_cfg.get("in_chans", 3),
-        mean=data_cfg.get("mean") or pretrained_cfg["mean"], std=data_cfg.get("std") or pretrained_cfg["std"],
-        **{k: augment[k] for k in _EVAL_KEYS if k in augment},
-    )
-
-
-class _SwappableTransform:
-    """A transform whose pipeline can be replaced after the datasets hold it.
-
-    train.py learns the model's normalisation only after `setup()` has built the datasets
-    (it needs num_classes first); swapping the pipeline here updates every dataset without
-    rebuilding the splits. A module-level class so that it pickles into loader workers.
-    """
-
-    def __init__(self, pipeline: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.pipeline = pipeline
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return self.pipeline(img)
-
-    def __repr__(self) -> str:
-        return repr(self.pipeline)
 
 
 class DataModule(L.LightningDataModule):
@@ -77,16 +38,20 @@ class DataModule(L.LightningDataModule):
     and reports all bad ones before training (an error with "raise"). `sampler="weighted"` draws training samples
     with probability 1 / (size of their class), for imbalanced single-label data. `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
-    Normalisation: explicit `mean`/`std`, else whatever `set_normalization` gave (the
-    pretrained model's statistics), else 0.5 per channel.
+
+    `preprocessing` (image size, channels, resampling, crop, mean/std) is resolved once, here:
+    `img_size` / `in_chans` / `mean` / `std` / `augment` as given, else what the data says
+    (e.g. a MedMNIST file's size and channels), else the encoder's `pretrained_cfg` (the
+    statistics its weights expect, passed by train.py), else defaults. Models are built to
+    its size and channels; checkpoints store it.
     """
 
     def __init__(
         self,
         splits: Callable[..., Splits],
         collate: Callable | None = None,
-        img_size: int = 32,
-        in_chans: int = 3,
+        img_size: int | None = None,
+        in_chans: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -99,6 +64,7 @@ class DataModule(L.LightningDataModule):
         sampler: str | None = None,
         on_bad_image: str = "raise",
         validate: bool = False,
+        pretrained_cfg: dict[str, Any] | None = None,
         **source: Any,
     ) -> None:
         super().__init__()
@@ -106,8 +72,6 @@ class DataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
             )
-        if (mean is None) != (std is None):
-            raise ValueError("set both data.mean and data.std, or neither")
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
         if on_bad_image not in POLICIES:
@@ -116,65 +80,36 @@ class DataModule(L.LightningDataModule):
         # Where the data lives and how to read it: the other data.* keys (root, download,
         # annotations, path, name, label_type, ...) go to the split builder; None leaves the
         # builder's default.
-        self.source_kwargs = {k: v for k, v in source.items() if v is not None}
+        self.source_kwargs = split_options(splits, {k: v for k, v in source.items() if v is not None})
         self.sampler = sampler
         self.collate = collate  # None: torch's default collate (image classification)
-        self.img_size = img_size
-        self.in_chans = in_chans
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
-        self.mean = tuple(mean) if mean is not None else DEFAULT_MEAN
-        self.std = tuple(std) if std is not None else DEFAULT_STD
         self.augment = dict(augment or {})
+        self.preprocessing: Preprocessing = resolve_preprocessing(
+            img_size, in_chans, mean, std, self.augment,
+            data=describe_source(splits, self.source_kwargs), pretrained=pretrained_cfg,
+        )
         self.on_bad_image = on_bad_image
         self.validate = validate
         self.invalid_images: list[dict[str, str]] = []  # found by validate and left out (skip)
-        self._train_transform: _SwappableTransform | None = None
-        self._eval_transform: _SwappableTransform | None = None
         self._splits: Splits | None = None
-
-    # -- transforms -------------------------------------------------------------------------
-
-    def _build_transforms(self) -> tuple[Callable, Callable]:
-        common = {"img_size": self.img_size, "mean": self.mean, "std": self.std, "in_chans": self.in_chans}
-        eval_kwargs = {k: self.augment[k] for k in _EVAL_KEYS if k in self.augment}
-        return (
-            build_transform(train=True, **common, **self.augment),
-            build_transform(train=False, **common, **eval_kwargs),
-        )
-
-    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Normalise with `mean`/`std` (e.g. the pretrained model's); works before or after setup."""
-        self.mean, self.std = tuple(mean), tuple(std)
-        if self._train_transform is not None and self._eval_transform is not None:
-            self._train_transform.pipeline, self._eval_transform.pipeline = self._build_transforms()
 
     # -- data sets --------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         """Build the splits once; later calls (Lightning calls setup per stage) do nothing."""
         if self._splits is None:
-            train_tf, eval_tf = self._build_transforms()
-            self._train_transform, self._eval_transform = (
-                _SwappableTransform(train_tf),
-                _SwappableTransform(eval_tf),
+            pp = self.preprocessing
+            sized = {k: getattr(pp, k) for k in ("img_size", "in_chans") if k in split_options(self.splits_factory)}
+            splits = self.splits_factory(
+                train_transform=pp.transform(train=True, **self.augment), eval_transform=pp.transform(train=False),
+                **self.source_kwargs, **sized,
             )
-            try:
-                splits = self.splits_factory(
-                    train_transform=self._train_transform, eval_transform=self._eval_transform, **self.source_kwargs
-                )
-            except TypeError as err:
-                unknown = [k for k in self.source_kwargs if f"'{k}'" in str(err)]
-                if not unknown or "unexpected keyword" not in str(err):
-                    raise
-                raise ValueError(
-                    f"data.{unknown[0]} is not an option of this data set ({_name(self.splits_factory)}): "
-                    "check the spelling, or see its data config"
-                ) from err
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
             if self.validate:

@@ -5,9 +5,9 @@ weights-only, other tools may not), and it carries optimizer state nobody needs 
 or classify. The folder holds only data:
 
 * ``model.safetensors``: the model's weights (a tied tensor is stored once),
-* ``config.json``: the model config, the preprocessing (``data``: img_size, in_chans,
-  mean, std, eval crop), labels (num_classes, label_type, class_names), generation settings,
-  the task and the format version,
+* ``config.json``: the model config, the preprocessing (``preprocessing``: img_size,
+  in_chans, mean, std, interpolation, crop_pct), labels (num_classes, label_type,
+  class_names), generation settings, the task and the format version,
 * ``tokenizer.json`` + ``special_tokens.json`` (captioning): ``CaptionTokenizer.save``, so
   ``tokenizer.json`` is the Hugging Face ``tokenizers`` format any tool reads.
 
@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import save_model
 
@@ -31,8 +30,6 @@ __all__ = ["export", "main"]
 
 # Keys of a task's hparams that say how to read the model's outputs.
 LABEL_KEYS = ("num_classes", "label_type", "class_names", "threshold", "generation")
-# Eval-time preprocessing taken from data.augment (tasks/datamodule.py applies these to eval too).
-EVAL_AUGMENT_KEYS = ("crop_pct", "interpolation")
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> Path:
@@ -48,7 +45,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> 
         "format_version": EXPORT_FORMAT_VERSION,
         "task": info["config"].get("task_name"),
         "model": info["config"]["model"],
-        "data": _preprocessing(info["config"]["data"], model),
+        "preprocessing": info["preprocessing"],
         **{k: info[k] for k in LABEL_KEYS if info.get(k) is not None},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -61,20 +58,6 @@ def export(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> 
     if info.get("tokenizer") is not None:
         info["tokenizer"].save(out)
     return out
-
-
-def _preprocessing(data: dict[str, Any], model: Any) -> dict[str, Any]:
-    """What turns an image into the model's input. mean/std are explicit: a checkpoint whose
-    data config left them null was normalised like the encoder's ``pretrained_cfg``."""
-    encoder = getattr(model, "encoder", model)
-    augment = data.get("augment") or {}
-    return {
-        "img_size": data["img_size"],
-        "in_chans": data.get("in_chans", 3),
-        "mean": list(data.get("mean") or encoder.pretrained_cfg["mean"]),
-        "std": list(data.get("std") or encoder.pretrained_cfg["std"]),
-        "augment": {k: augment[k] for k in EVAL_AUGMENT_KEYS if k in augment},
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mmtrans.data.transforms import per_channel
+from mmtrans.data.preprocessing import Preprocessing
 from mmtrans.metrics.medical import bootstrap_ci, format_report, medical_metrics
 from mmtrans.viz import attention_maps, heatmap_grid
 from tasks.classification import ClassificationTask
@@ -169,12 +169,10 @@ class MedicalTask(ClassificationTask):
         return heatmap_grid(self._unnormalize(images), heats, titles)
 
     def _unnormalize(self, images: Tensor) -> Tensor:
-        dm = getattr(self.trainer, "datamodule", None)
-        chans = images.shape[1]
-        mean = per_channel(getattr(dm, "mean", (0.5,)), chans, "mean")
-        std = per_channel(getattr(dm, "std", (0.5,)), chans, "std")
-        mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-        return (images.float() * std_t + mean_t).clamp(0, 1)
+        """Back to [0, 1] pixels with the preprocessing the task was built with."""
+        recorded = self.hparams.get("preprocessing")
+        pp = Preprocessing.from_dict(recorded) if recorded else Preprocessing(images.shape[-1], images.shape[1])
+        return pp.unnormalize(images)
 
     def _caption(self, target: Tensor, probs: Tensor) -> str:
         names = self.hparams.class_names or self.metric_names

@@ -26,7 +26,7 @@ TINY = [
     "trainer.devices=1", "callbacks.progress_bar.refresh_rate=0", "task.tokenizer.vocab_size=120",
     "task.generation.max_new_tokens=8",
 ]
-TINY_SCENES = ["data.img_size=32", "data.splits.num_train=16", "data.splits.num_val=8", "data.splits.num_test=8"]
+TINY_SCENES = ["data.img_size=32", "data.num_train=16", "data.num_val=8", "data.num_test=8"]
 METRICS = {f"test/{m}" for m in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")}
 
 
@@ -58,7 +58,7 @@ def test_checkpoint_alone_rebuilds_model_and_tokenizer(trained):
     _, metrics = trained
     model, info = load_model(metrics["best_ckpt"])
     assert info["tokenizer"].vocab_size == model.decoder.vocab_size
-    assert info["config"]["data"]["mean"] == [0.5, 0.5, 0.5]
+    assert info["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
 
 
 def test_caption_cli_on_file_and_folder(trained, tmp_path, capsys):
@@ -155,7 +155,7 @@ def test_caption_table_data_through_the_config(tmp_path):
         w.writeheader()
         w.writerows(rows)
     data = ["data=caption_table", f"data.root={images}", f"data.annotations={table}", "data.img_size=32",
-            "data.batch_size=4", "data.splits.val_fraction=0.2", "data.splits.test_fraction=0.2"]
+            "data.batch_size=4", "data.val_fraction=0.2", "data.test_fraction=0.2"]
     metrics, objects = train(compose_cfg(tmp_path / "run", "trainer.fast_dev_run=true", "task.max_len=5",
                                          "task.generation.max_new_tokens=4", data=data))
     assert METRICS <= metrics.keys()

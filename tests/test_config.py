@@ -19,7 +19,7 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "
 REQUIRED = {
     "data.root": "/some/images",
     "data.annotations": "/some/captions.json",
-    "data.splits.format": "coco",
+    "data.format": "coco",
     "data.splits": {"_target_": "mmtrans.data.shapes.shapes_splits", "_partial_": True},
 }
 
@@ -53,7 +53,7 @@ def test_every_option_composes_and_resolves(group: str, option: str) -> None:
     cfg = compose_cfg(f"{group}={option}")
     missing = OmegaConf.missing_keys(cfg)
     assert missing <= set(REQUIRED), f"{group}={option} leaves {missing - set(REQUIRED)} unset"
-    for key in sorted(missing, key=len):  # data.splits before data.splits.format
+    for key in sorted(missing, key=len):  # data.splits before data.format
         OmegaConf.update(cfg, key, REQUIRED[key], merge=True)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     for target in targets(cfg):
@@ -75,7 +75,7 @@ def test_default_run_is_the_small_classification_run() -> None:
     assert cfg.model.preset == "vit_tiny"
     assert cfg.data.splits._target_ == "mmtrans.data.shapes.shapes_splits"
     # conf/specialize/classification_vit_tiny_shapes.yaml applies: 32x32 images, patch 8.
-    assert cfg.model.img_size == cfg.data.img_size == 32
+    assert "img_size" not in cfg.model and cfg.data.img_size == 32  # the model is built for the data
     assert cfg.model.patch_size == 8
     assert cfg.model.num_classes is None  # train.py takes it from the data
 
@@ -85,9 +85,9 @@ def test_command_line_choices_beat_the_task_overrides() -> None:
     assert cfg.model.preset == "vit_small"
     assert cfg.data.splits._target_ == "mmtrans.data.image_folder.image_folder_splits"
     assert cfg.data.root == "/my/images"
-    assert cfg.model.img_size == cfg.data.img_size == 224
+    assert "img_size" not in cfg.model and cfg.data.img_size == 224
     # The 32x32 settings of the default pair do not leak into other choices.
-    assert cfg.model.patch_size is None and cfg.model.depth is None  # the preset decides
+    assert cfg.model.patch_size is None and cfg.model.depth is None  # the preset and the image size decide
     assert "num_train" not in cfg.data.splits
 
 

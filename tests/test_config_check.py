@@ -22,8 +22,12 @@ def test_key_that_is_no_argument_is_named_with_a_suggestion() -> None:
     # A YAML typo (simulated with `+`, which adds a key): Hydra accepts it, the check does not.
     with pytest.raises(ValueError, match=r"task.lrr: MedicalTask has no argument 'lrr'; did you mean 'lr'\?"):
         check_config(compose_cfg("task=medical", "+task.lrr=1e-3"))
-    with pytest.raises(ValueError, match=r"data.splits.num_trian: shapes_splits has no argument 'num_trian'"):
-        check_config(compose_cfg("+data.splits.num_trian=5"))
+    # Data set options sit at data.*: a typo is named with the right key and the valid ones.
+    with pytest.raises(ValueError, match=r"data.num_trian: DataModule \(data set options: shapes_splits\) has no "
+                                         r"argument 'num_trian'; did you mean 'num_train'\?; valid keys: .*num_val"):
+        check_config(compose_cfg("+data.num_trian=5"))
+    for data in ("data=medmnist", "data=caption_table", "data=medical_csv", "data=imagefolder", "data=cifar10"):
+        check_config(compose_cfg(data))  # every declared key is an option of its reader
 
 
 def test_wrong_types_are_named() -> None:

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "task=medical", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8",
-    "data.batch_size=16", "data.splits.num_train=64", "data.splits.num_val=32", "data.splits.num_test=48",
+    "data.batch_size=16", "data.num_train=64", "data.num_val=32", "data.num_test=48",
     "task.bootstrap_samples=100", "task.num_heatmaps=2", "callbacks.progress_bar.refresh_rate=0",
 ]
 

@@ -32,7 +32,7 @@ TINY = [
     "task.bootstrap_samples=200",
     "task.num_heatmaps=4",
 ]
-TINY_SCANS = ["data.splits.num_train=64", "data.splits.num_val=32", "data.splits.num_test=48"]
+TINY_SCANS = ["data.num_train=64", "data.num_val=32", "data.num_test=48"]
 HEADLINE = {"test/auc", "test/acc", "test/auc_ci_low", "test/auc_ci_high", "test/acc_ci_low", "test/acc_ci_high",
             "test/ece", "val/auc", "val/acc"}
 
@@ -145,7 +145,7 @@ def test_real_breastmnist_one_epoch(tmp_path: Path) -> None:
 
 def test_tiny_vit_finds_the_findings(tmp_path: Path) -> None:
     # The default data is learnable: a 1-block ViT beats chance clearly within ~30 s.
-    size = ["data.splits.num_train=4096", "data.splits.num_val=256", "data.splits.num_test=64",
+    size = ["data.num_train=4096", "data.num_val=256", "data.num_test=64",
             "model.embed_dim=64", "model.num_heads=4", "model.depth=2", "model.patch_size=8",
             "model.global_pool=avg", "trainer.gradient_clip_val=1.0", "data.batch_size=32"]
     metrics, _ = train(compose_cfg(tmp_path, *size, "trainer.max_epochs=3", "task.lr=2e-3", "test=false"))

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Dropout, shuffling and random crops on: each draws from the seeded generators.
 TINY = [
     "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8", "model.drop_rate=0.1",
-    "data.img_size=32", "data.batch_size=16", "data.splits.num_train=48", "data.splits.num_val=16",
-    "data.splits.num_test=16", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.deterministic=true",
+    "data.img_size=32", "data.batch_size=16", "data.num_train=48", "data.num_val=16",
+    "data.num_test=16", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.deterministic=true",
     "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
 ]
 

@@ -304,8 +304,8 @@ def test_validate_with_skip_leaves_bad_files_out_up_front(tmp_path: Path, folder
 def test_validate_on_generated_data_says_there_is_nothing_to_check(tmp_path: Path, capsys) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
-            "task=classification", *TINY, "data.splits.num_train=8", "data.splits.num_val=4",
-            "data.splits.num_test=4", "trainer.fast_dev_run=1", "data.validate=true",
+            "task=classification", *TINY, "data.num_train=8", "data.num_val=4",
+            "data.num_test=4", "trainer.fast_dev_run=1", "data.validate=true",
             f"paths.output_dir={tmp_path}",
         ])
     train(cfg)

@@ -29,20 +29,20 @@ TINY = [
     "model.num_heads=2",
     "model.patch_size=8",
     "data.img_size=32",
-    "data.splits.num_val=32",
-    "data.splits.num_test=32",
+    "data.num_val=32",
+    "data.num_test=32",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "callbacks.progress_bar.refresh_rate=0",
 ]
 # 2x2 grid; num_train=16 with batch_size=32 (drop_last) fails in the DataModule: job 3.
-GRID = ["-m", *TINY, "data.splits.num_train=64,16", "data.batch_size=16,32"]
+GRID = ["-m", *TINY, "data.num_train=64,16", "data.batch_size=16,32"]
 # TPE with seed 1 draws batch sizes 16, 128, 16: trial 1 fails (128 > 64 training images).
 OPTUNA = [
     "hparams_search=optuna",
     *TINY,
-    "data.splits.num_train=64",
+    "data.num_train=64",
     "data.batch_size=choice(16,128)",
     "hydra.sweeper.n_trials=3",
     "hydra.sweeper.sampler.seed=1",
@@ -101,7 +101,7 @@ def test_grid_leaderboard_ranks_jobs_and_lists_the_failure(sweeps) -> None:
     assert rows[-1]["error"].startswith("ValueError: data.batch_size=32") and TOO_BIG in rows[-1]["error"]
     assert rows[-1]["val/acc_best"] == "" and rows[-1]["rank"] == ""
     assert (
-        "data.splits.num_train=16" in rows[-1]["overrides"] and "data.batch_size=32" in rows[-1]["overrides"]
+        "data.num_train=16" in rows[-1]["overrides"] and "data.batch_size=32" in rows[-1]["overrides"]
     )
 
     # The finished jobs keep their results; the best row is the best metrics.json.

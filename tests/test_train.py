@@ -32,7 +32,7 @@ TINY = [
     "trainer.devices=1",
     "callbacks.progress_bar.refresh_rate=0",
 ]
-TINY_SHAPES = ["data.splits.num_train=64", "data.splits.num_val=32", "data.splits.num_test=32"]
+TINY_SHAPES = ["data.num_train=64", "data.num_val=32", "data.num_test=32"]
 METRIC_KEYS = {
     "val/loss",
     "val/acc",
@@ -76,8 +76,9 @@ def test_fit_then_evaluate_the_best_checkpoint_alone(tmp_path: Path) -> None:
     assert "val/acc_best" in metrics
     assert not list(fit_dir.rglob("*.tmp")), "AtomicCheckpointIO left a temporary file"
     # data.mean/std were null (the encoder's normalisation): the checkpoint says which was used.
-    data_cfg = load_model(best)[1]["config"]["data"]
-    assert data_cfg["mean"] == [0.5, 0.5, 0.5] and data_cfg["std"] == [0.5, 0.5, 0.5]
+    preprocessing = load_model(best)[1]["preprocessing"]
+    assert preprocessing["mean"] == [0.5, 0.5, 0.5] and preprocessing["std"] == [0.5, 0.5, 0.5]
+    assert preprocessing["img_size"] == 32 and preprocessing["in_chans"] == 3
 
     only_test, _ = train(compose_cfg(test_dir, "train=false", f"ckpt_path={best}"))
     assert "train/loss" not in only_test and "val/acc" not in only_test
@@ -180,7 +181,7 @@ def test_cli_bad_input_fails_clearly(
 
 def test_tiny_vit_learns_the_procedural_shapes_within_a_minute(tmp_path: Path) -> None:
     """Learnability: the default data + model family + task beat chance (1/6) clearly."""
-    data = ["data.splits.num_train=3000", "data.splits.num_val=300", "data.splits.num_test=300"]
+    data = ["data.num_train=3000", "data.num_val=300", "data.num_test=300"]
     size = ["model.embed_dim=64", "model.depth=2", "model.num_heads=2", "data.batch_size=32"]
     metrics, _ = train(compose_cfg(tmp_path, *size, "trainer.max_epochs=3", "task.lr=2e-3", "test=false",
                                    data=data))

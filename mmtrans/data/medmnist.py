@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from mmtrans.data.splits import LABEL_TYPES, Splits
 
-__all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "medmnist_file_name", "medmnist_splits"]
+__all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "describe_medmnist", "medmnist_file_name", "medmnist_splits"]
 
 # The 2-D sets of MedMNIST v2 (Yang et al., Scientific Data 2023): label type and class
 # names as in medmnist's INFO (retinamnist grades are ordinal; MedMNIST's own baselines
@@ -155,6 +156,32 @@ def _check_labels(labels: np.ndarray, label_type: str, num_classes: int, file: P
     return labels
 
 
+def infer_label_type(labels: np.ndarray) -> str:
+    """The label type of a set MedMNIST does not name: several 0/1 columns are multilabel,
+    two values binary, more multiclass (ordinal grades must be asked for: data.label_type)."""
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return "multilabel"
+    return "binary" if len(labels) and int(labels.max()) <= 1 else "multiclass"
+
+
+def describe_medmnist(
+    path: str | None = None, name: str | None = None, root: str | None = None, size: int = 28, download: bool = False
+) -> dict[str, int]:
+    """Image size and channels of a MedMNIST file, from the header of its ``train_images``
+    array (nothing is decompressed): what the model and the transforms are built for."""
+    file = _resolve_file(path, name, root, size, download)
+    try:
+        with zipfile.ZipFile(file) as archive, archive.open("train_images.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read_header(f)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"cannot read MedMNIST file {file}: no readable 'train_images' array ({err})") from err
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] != 3) or shape[1] != shape[2]:
+        raise ValueError(f"{file}: 'train_images' has shape {shape}; expected [N, H, H] or [N, H, H, 3]")
+    return {"img_size": int(shape[1]), "in_chans": 1 if len(shape) == 3 else 3}
+
+
 def medmnist_splits(
     train_transform: Callable | None = None,
     eval_transform: Callable | None = None,
@@ -168,20 +195,13 @@ def medmnist_splits(
 ) -> Splits:
     """Train/val/test of a MedMNIST `.npz` (``path``, or ``root/<name>[_<size>].npz``).
 
-    ``label_type`` and ``class_names`` override what the set's name implies; a file with an
-    unknown name needs ``label_type`` (class names then default to "0".."K-1").
+    ``label_type`` and ``class_names`` override what the set's name implies (the file's name
+    when ``path`` is given, else ``name``); for a file MedMNIST does not name, the label type
+    is inferred from its labels (``infer_label_type``) and class names are "0".."K-1".
     """
     file = _resolve_file(path, name, root, size, download)
-    known = MEDMNIST_INFO.get((name or file.stem.split("_")[0]).lower())
-    if label_type is None:
-        if known is None:
-            raise ValueError(
-                f"{file}: not a MedMNIST name I know ({', '.join(MEDMNIST_INFO)}); set data.label_type "
-                f"to one of {LABEL_TYPES}"
-            )
-        label_type = known[0]
-    if label_type not in LABEL_TYPES:
-        raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+    # A given file is what it is named: a preset's data.name must not relabel another set.
+    known = MEDMNIST_INFO.get((file.stem.split("_")[0] if path else name or file.stem).lower())
     try:
         archive = np.load(file)
     except (OSError, ValueError) as err:
@@ -194,12 +214,17 @@ def medmnist_splits(
                 f"_labels (found: {', '.join(archive.files) or 'nothing'})"
             )
         arrays = {k: archive[k] for k in archive.files}
+    if label_type is None:
+        label_type = known[0] if known is not None else infer_label_type(arrays["train_labels"])
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"data.label_type must be one of {LABEL_TYPES}, got {label_type!r}")
     if class_names is None:
         if known is not None and known[0] == label_type:
             class_names = list(known[1])
         else:
             train_labels = arrays["train_labels"]
-            k = train_labels.shape[1] if label_type == "multilabel" else int(train_labels.max()) + 1
+            top = max(int(arrays[f"{split}_labels"].max(initial=0)) for split in SPLIT_NAMES)
+            k = train_labels.shape[1] if label_type == "multilabel" else top + 1
             class_names = [str(i) for i in range(max(k, 2))]
     num_classes = len(class_names)
     datasets = []
@@ -215,3 +240,6 @@ def medmnist_splits(
         transform = train_transform if split == "train" else eval_transform
         datasets.append(MedMNISTDataset(images, labels, label_type, transform, id_prefix=f"{file.stem}/{split}"))
     return Splits(*datasets, class_names=class_names, label_type=label_type)
+
+
+medmnist_splits.describe = describe_medmnist  # read by the DataModule before the splits are built

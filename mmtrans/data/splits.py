@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import difflib
+import inspect
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -37,6 +40,47 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+# Arguments every split factory takes from the DataModule, never from the config.
+_TRANSFORM_ARGS = ("train_transform", "eval_transform")
+
+
+def factory_name(factory: Callable) -> str:
+    func = getattr(factory, "func", factory)  # functools.partial from `_partial_: true`
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def split_options(factory: Callable, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options a split factory takes (all of them when ``options`` is None), or
+    ``options`` checked against them: an unknown key is a ValueError that names it as
+    ``data.<key>``, suggests the closest option and lists the valid ones."""
+    func = getattr(factory, "func", factory)
+    params = {n: p for n, p in inspect.signature(func).parameters.items()
+              if n not in _TRANSFORM_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if options is None:
+        return params
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(params), n=1)
+        hint = f"; did you mean data.{close[0]}?" if close else ""
+        raise ValueError(
+            f"data.{unknown[0]} is not an option of this data set ({factory_name(factory)}){hint} "
+            f"Its options: {', '.join(sorted(params))}"
+        )
+    return dict(options)
+
+
+def describe_source(factory: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a data source says about its images before any data set is built (``img_size``,
+    ``in_chans``), from the factory's ``describe`` function when it has one (a MedMNIST
+    file's arrays), else nothing: the config's values then hold."""
+    func = getattr(factory, "func", factory)
+    describe = getattr(func, "describe", None)
+    if describe is None:
+        return {}
+    accepted = inspect.signature(describe).parameters
+    return dict(describe(**{k: v for k, v in options.items() if k in accepted}))
 
 
 def dataset_labels(dataset: Dataset, name: str = "train") -> np.ndarray:

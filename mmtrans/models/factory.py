@@ -8,7 +8,7 @@ from .captioner import ImageCaptioner
 from .heads import ImageClassifier
 from .pretrained import create_timm_model, load_pretrained, timm_model_name
 from .text_decoder import TextDecoder
-from .vit import ARCH_KEYS, VisionTransformer, create_vit
+from .vit import ARCH_KEYS, VisionTransformer, auto_patch_size, create_vit
 
 __all__ = ["create_captioner", "create_encoder", "create_image_classifier", "encoder_kwargs"]
 
@@ -17,7 +17,11 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
     """``create_vit`` arguments besides the preset: ``kwargs`` less unset (None) architecture
     keys, which mean "from the preset", or, with ``preset=None`` and a timm model as
     ``pretrained`` (its name, or weights with timm's hub ``config.json`` beside them), "from
-    that timm model" (built without weights: no network needed). Explicit kwargs win."""
+    that timm model" (built without weights: no network needed). Explicit kwargs win.
+    Without pretrained weights, an unset patch size follows the image size (``auto_patch_size``);
+    with them it is the weights' (the preset's, or the timm model's)."""
+    if kwargs.get("patch_size") is None and not pretrained and kwargs.get("img_size") is not None:
+        kwargs = {**kwargs, "patch_size": auto_patch_size(kwargs["img_size"])}
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ARCH_KEYS}
     name = timm_model_name(pretrained) if preset is None and pretrained else None
     if name:

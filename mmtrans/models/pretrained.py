@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "check_state_dict", "create_timm_model", "is_weights_path",
-           "load_pretrained", "load_state_dict_checked", "load_weights_only", "read_state_dict", "timm_model_name"]
+           "load_pretrained", "load_state_dict_checked", "load_weights_only", "pretrained_preprocessing", "read_state_dict",
+           "timm_model_name"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -143,16 +145,42 @@ def timm_model_name(source: str) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+# What weights say about their input: read from timm's pretrained config.
+PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
+
+
 def _normalization_next_to(path: Path) -> dict[str, Any]:
-    """mean/std from a hub-style ``config.json`` beside the weights (timm writes one), if any."""
+    """Input statistics from a hub-style ``config.json`` beside the weights (timm writes one)."""
     cfg_file = path.parent / "config.json"
     if not cfg_file.is_file():
         return {}
     try:
         cfg = json.loads(cfg_file.read_text()).get("pretrained_cfg", {})
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, AttributeError) as e:
+        warnings.warn(f"{cfg_file} does not parse ({e}); its normalisation is not used", stacklevel=2)
         return {}
-    return {k: tuple(cfg[k]) for k in ("mean", "std") if k in cfg}
+    return {k: tuple(cfg[k]) if k in ("mean", "std") else cfg[k] for k in PREPROCESSING_KEYS if k in cfg}
+
+
+def pretrained_preprocessing(source: str | None) -> dict[str, Any]:
+    """What the weights ``source`` expect as input (``mean``, ``std``, ``interpolation``,
+    ``crop_pct``), known without loading them: timm's registry for a model name (offline), a
+    ``config.json`` beside a weights file, or the ``preprocessing`` a task checkpoint recorded.
+    Empty when nothing is known (random init, a bare weights file)."""
+    if not source:
+        return {}
+    if not is_weights_path(source):
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(source)
+        if cfg is None:
+            return {}
+        return {k: tuple(getattr(cfg, k)) if k in ("mean", "std") else getattr(cfg, k) for k in PREPROCESSING_KEYS}
+    path = Path(source)
+    if path.suffix == ".ckpt" and path.is_file():
+        recorded = ((load_weights_only(path).get("hyper_parameters") or {}).get("preprocessing")) or {}
+        return {k: recorded[k] for k in PREPROCESSING_KEYS if k in recorded}
+    return _normalization_next_to(path)
 
 
 def load_pretrained(model: nn.Module, source: str) -> nn.Module:

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmtrans.nn import Block, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
 
-__all__ = ["VIT_PRESETS", "VisionTransformer", "create_vit"]
+__all__ = ["VIT_PRESETS", "VisionTransformer", "auto_patch_size", "create_vit"]
 
 # Architecture presets (patch 16, as in the ViT/DeiT papers). Any argument can be overridden.
 VIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -29,6 +29,17 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
 ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs normalise to [-1, 1]
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+def auto_patch_size(img_size: int | tuple[int, int]) -> int:
+    """The patch size for an image size when none is given: the largest of 16, 8, 4, 2 that
+    divides the image into a grid of at least 7 patches per side (4 at 28 px, 4 at 32, 8 at
+    64, 16 at 128 and 224), so small images keep enough tokens to attend over."""
+    sides = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    for p in (16, 8, 4, 2):
+        if all(s % p == 0 and s // p >= 7 for s in sides):
+            return p
+    return 1
 
 
 class VisionTransformer(nn.Module):

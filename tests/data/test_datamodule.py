@@ -77,20 +77,48 @@ def test_empty_split_is_named():
         DataModule(shapes(num_val=0), img_size=16, batch_size=4).setup()
 
 
-def test_normalisation_before_and_after_setup():
+def test_normalisation_is_resolved_once_config_then_pretrained_then_default():
     def val_image(dm):
+        dm.setup()
         return dm.splits.val[0]["image"]
 
+    identity = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    raw = val_image(DataModule(shapes(), img_size=16, batch_size=4, pretrained_cfg=identity))
+    assert 0 <= raw.min() and raw.max() <= 1  # the weights' statistics, before any data set is built
     default = DataModule(shapes(), img_size=16, batch_size=4)
-    default.setup()
-    early = DataModule(shapes(), img_size=16, batch_size=4)
-    early.set_normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    early.setup()
-    raw = val_image(early)
-    assert 0 <= raw.min() and raw.max() <= 1
-    assert torch.allclose(val_image(default), (raw - 0.5) / 0.5, atol=1e-6)  # 0.5 / 0.5 by default
-    default.set_normalization((0.0,), (1.0,))  # after setup: the built data sets follow
-    assert torch.allclose(val_image(default), raw)
+    assert default.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert torch.allclose(val_image(default), (raw - 0.5) / 0.5, atol=1e-6)
+    pinned = DataModule(shapes(), img_size=16, batch_size=4, mean=(0.0,), std=(1.0,), pretrained_cfg={"mean": (9,) * 3})
+    assert pinned.preprocessing.mean == (0.0, 0.0, 0.0)  # the config wins over the weights
+    assert torch.allclose(val_image(pinned), raw)
+    with pytest.raises(ValueError, match="data.mean and data.std"):
+        DataModule(shapes(), mean=(0.5,))
+
+
+def test_the_data_decides_what_only_it_knows(tmp_path):
+    """A MedMNIST file's size and channels reach the preprocessing before any data set exists;
+    the config still wins when it pins them."""
+    import numpy as np
+
+    from mmtrans.data.medmnist import medmnist_splits
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 20, 20, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "any.npz", **{f"{s}_images": rgb for s in ("train", "val", "test")},
+             **{f"{s}_labels": labels for s in ("train", "val", "test")})
+    factory = partial(medmnist_splits)
+    dm = DataModule(factory, batch_size=2, path=str(tmp_path / "any.npz"))
+    assert (dm.preprocessing.img_size, dm.preprocessing.in_chans) == (20, 3)
+    dm.setup("fit")
+    assert dm.splits.label_type == "multiclass" and dm.num_classes == 3  # inferred from the labels
+    assert next(iter(dm.train_dataloader()))["image"].shape == (2, 3, 20, 20)
+    grey = DataModule(factory, batch_size=2, in_chans=1, img_size=16, path=str(tmp_path / "any.npz"))
+    assert (grey.preprocessing.img_size, grey.preprocessing.in_chans) == (16, 1)
+
+
+def test_unknown_data_option_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"data.num_trian .*did you mean data.num_train\?.*num_val"):
+        DataModule(shapes(), num_trian=3)
 
 
 def test_augment_reaches_the_train_transform():
@@ -116,19 +144,22 @@ def test_loader_options_and_worker_process():
     assert not single.train_dataloader().persistent_workers
 
 
-def test_eval_transform_of_a_stored_config_is_the_datamodules():
-    """What the caption CLI rebuilds from a checkpoint's data config preprocesses like val/test."""
+def test_stored_preprocessing_rebuilds_the_eval_transform():
+    """What a checkpoint stores (Preprocessing.as_dict) preprocesses new images like val/test."""
     import numpy as np
     from PIL import Image
 
-    from tasks.datamodule import eval_transform
+    from mmtrans.data.preprocessing import Preprocessing
 
     augment = {"crop_pct": 0.8, "interpolation": "nearest", "hflip": 0.5}
     dm = DataModule(shapes(), img_size=16, batch_size=8, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), augment=augment)
     dm.setup("fit")
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8))
-    stored = {"img_size": 16, "in_chans": 3, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4], "augment": augment}
-    assert torch.equal(eval_transform(stored, {})(img), dm._eval_transform(img))
+    stored = dm.preprocessing.as_dict()
+    assert stored == {"img_size": 16, "in_chans": 3, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4],
+                      "interpolation": "nearest", "crop_pct": 0.8}
+    rebuilt = Preprocessing.from_dict(stored).transform(train=False)
+    assert torch.equal(rebuilt(img), dm.splits.val.transform(img))
     # The interpolation matters here: without it the pictures differ.
-    plain = {**stored, "augment": {"crop_pct": 0.8}}
-    assert not torch.equal(eval_transform(plain, {})(img), dm._eval_transform(img))
+    plain = Preprocessing.from_dict({**stored, "interpolation": "bicubic"}).transform(train=False)
+    assert not torch.equal(plain(img), dm.splits.val.transform(img))

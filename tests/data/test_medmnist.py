@@ -58,10 +58,16 @@ def test_label_type_from_name_and_items(tmp_path, name, make, label_type, label_
 
 def test_label_type_override_and_unknown_name(tmp_path):
     file = write_npz(tmp_path / "mine.npz", splits_of(lambda n: (np.arange(n) % 3).reshape(n, 1)))
-    with pytest.raises(ValueError, match="data.label_type"):
-        medmnist_splits(path=str(file))
+    inferred = medmnist_splits(path=str(file))  # a name MedMNIST does not know: from the labels
+    assert inferred.label_type == "multiclass" and inferred.class_names == ["0", "1", "2"]
+    two = write_npz(tmp_path / "two.npz", splits_of(lambda n: np.arange(n) % 2))
+    assert medmnist_splits(path=str(two)).label_type == "binary"
+    with pytest.raises(ValueError, match="data.label_type must be one of"):
+        medmnist_splits(path=str(file), label_type="grades")
     splits = medmnist_splits(path=str(file), label_type="ordinal")
     assert splits.label_type == "ordinal" and splits.class_names == ["0", "1", "2"]
+    # data.path wins over data.name (a preset's BreastMNIST must not relabel another file).
+    assert medmnist_splits(path=str(file), name="breastmnist").num_classes == 3
     # A known set read as another type (e.g. retina grades as plain classes).
     retina = write_npz(tmp_path / "retinamnist.npz", splits_of(lambda n: (np.arange(n) % 5).reshape(n, 1)))
     assert medmnist_splits(path=str(retina), label_type="multiclass").label_type == "multiclass"

@@ -103,12 +103,12 @@ def test_classifier_with_a_timm_architecture_rebuilds_from_its_checkpoint(monkey
     config.json timm's hub ships beside the weights; the checkpoint's config records it, so
     load_model rebuilds the model without the source."""
     import json
-    from types import SimpleNamespace
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     import mmtrans.models.factory as factory
+    from mmtrans.data.preprocessing import Preprocessing
     from tasks.checkpoint import _build_model, checkpoint_config
 
     monkeypatch.setattr(factory, "load_pretrained", lambda model, source: model)  # weights are not the point
@@ -124,7 +124,7 @@ def test_classifier_with_a_timm_architecture_rebuilds_from_its_checkpoint(monkey
     }, "data": {"mean": None, "std": None}})
     model = instantiate(cfg.model, num_classes=3)
     assert model.encoder.embed_dim == 384 and len(model.encoder.blocks) == 12 and model.encoder.num_prefix_tokens == 5
-    config = checkpoint_config(cfg, SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3))
+    config = checkpoint_config(cfg, Preprocessing(28), model)
     assert config["model"]["reg_tokens"] == 4 and config["model"]["patch_size"] == 14
     (tmp_path / "config.json").unlink(missing_ok=True)  # the source is gone: the record suffices
     rebuilt = _build_model({"config": config, "num_classes": 3, "label_type": "multiclass"}, "run.ckpt")

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "callbacks.progress_bar.refresh_rate=0",
           "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "test=false"]
 CLASSIFICATION = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8", "data.img_size=32",
-                  "data.batch_size=16", "data.splits.num_train=32", "data.splits.num_val=16"]
+                  "data.batch_size=16", "data.num_train=32", "data.num_val=16"]
 CAPTIONING = ["task=captioning", "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
               "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "data.batch_size=8", "data.img_size=32",
-              "data.splits.num_train=16", "data.splits.num_val=8", "task.tokenizer.vocab_size=120",
+              "data.num_train=16", "data.num_val=8", "task.tokenizer.vocab_size=120",
               "task.generation.max_new_tokens=6", "task.generation.num_beams=2"]
 
 
@@ -77,9 +77,9 @@ def test_classifier_export_gives_identical_outputs(classifier_ckpt: Path, tmp_pa
     for key in ("num_classes", "label_type", "class_names"):
         assert info[key] == ref_info[key]
     config = json.loads((out / "config.json").read_text())
-    assert config["format_version"] == 1 and config["task"] == "classification"
-    assert config["data"] == {"img_size": 32, "in_chans": 3, "mean": list(ref_model.encoder.pretrained_cfg["mean"]),
-                              "std": list(ref_model.encoder.pretrained_cfg["std"]), "augment": {"crop_pct": 1.0}}
+    assert config["format_version"] == 2 and config["task"] == "classification"
+    assert config["preprocessing"] == info["preprocessing"] == ref_info["preprocessing"] == {
+        "img_size": 32, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "crop_pct": 1.0}
 
 
 def test_captioner_export_keeps_tied_head_and_captions(captioner_ckpt: Path, tmp_path: Path, capsys) -> None:
@@ -97,7 +97,7 @@ def test_captioner_export_keeps_tied_head_and_captions(captioner_ckpt: Path, tmp
         assert torch.equal(model(images, tokens), ref_model(images, tokens))
     assert info["tokenizer"].to_json() == ref_info["tokenizer"].to_json()
     assert info["generation"] == ref_info["generation"] and info["generation"]["num_beams"] == 2
-    assert info["config"]["data"]["mean"] == ref_info["config"]["data"]["mean"]
+    assert info["preprocessing"] == ref_info["preprocessing"]
 
     image = tmp_path / "a.png"
     Image.new("RGB", (40, 30), (200, 40, 0)).save(image)

@@ -121,6 +121,5 @@ def test_weighted_sampler_balances_classes():
 
 
 def test_unknown_data_key_is_named():
-    dm = DataModule(partial(labelled_splits, [0, 1]), batch_size=1, pathh="x.npz")
     with pytest.raises(ValueError, match=r"data.pathh is not an option of this data set \(.*labelled_splits\)"):
-        dm.setup("fit")
+        DataModule(partial(labelled_splits, [0, 1]), batch_size=1, pathh="x.npz")

@@ -15,7 +15,7 @@ from train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8", "data.img_size=32",
-        "data.batch_size=16", "data.splits.num_train=64", "data.splits.num_val=16", "data.splits.num_test=16",
+        "data.batch_size=16", "data.num_train=64", "data.num_val=16", "data.num_test=16",
         "trainer.accelerator=cpu", "trainer.devices=1", "callbacks.progress_bar.refresh_rate=0",
         "trainer.max_epochs=2", "task.warmup_epochs=0"]
 
