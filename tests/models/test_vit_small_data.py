@@ -191,3 +191,19 @@ def test_conv_and_spt_stems_handle_dynamic_img_size():
     assert model(torch.randn(1, 1, 36, 28)).shape == (1, 1 + 9 * 7, 32)
     model = VisionTransformer(**{**GREY28, "dynamic_img_size": True}, stem="conv").eval()
     assert model(torch.randn(1, 1, 36, 28)).shape == (1, 1 + 9 * 7, 32)
+
+
+def test_config_keys_reach_the_encoder():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        default = compose("config", overrides=["paths.output_dir=/tmp/run"])
+        cfg = compose("config", overrides=["paths.output_dir=/tmp/run", "model.stem=spt", "model.locality_attn=true"])
+    assert (default.model.stem, default.model.locality_attn) == ("patch", False)
+    cfg.model.num_classes = 2
+    enc = instantiate(cfg.model).encoder
+    assert isinstance(enc.patch_embed, ShiftedPatchEmbed) and enc.blocks[0].attn.locality_attn
