@@ -75,6 +75,12 @@ def convert_timm_vit(state_dict: dict[str, Tensor], model: nn.Module) -> dict[st
         if k == "pos_embed" and encoder.pos_embed is not None:
             n_prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
             v = resample_pos_embed(v, encoder.patch_embed.grid_size, num_prefix_tokens=n_prefix)
+        elif k == "patch_embed.proj.weight" and encoder.stem_type != "patch":
+            if v.shape != encoder.patch_embed.proj.weight.shape:  # our own conv/SPT weights pass through
+                raise ValueError(
+                    f"these weights have timm's patch stem, the model has stem={encoder.stem_type!r}: "
+                    "build it with stem='patch' to load them"
+                )
         elif k == "patch_embed.proj.weight" and v.shape[1] != encoder.in_chans:
             from timm.models import adapt_input_conv  # timm's rule: grey sums RGB filters
 

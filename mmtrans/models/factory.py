@@ -35,7 +35,8 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
 
 def create_encoder(preset: str | None = "vit_tiny", pretrained: str | None = None, **kwargs: Any) -> VisionTransformer:
     """A ``VisionTransformer`` from a preset (or, with ``preset=None`` and a timm name as
-    ``pretrained``, the timm model's architecture), optionally with pretrained weights."""
+    ``pretrained``, the timm model's architecture), optionally with pretrained weights.
+    ``kwargs`` go to ``VisionTransformer`` (``stem``, ``locality_attn``, ...)."""
     encoder = create_vit(preset, **encoder_kwargs(preset, pretrained, kwargs))
     if pretrained:
         load_pretrained(encoder, pretrained)
@@ -51,7 +52,9 @@ def create_image_classifier(
 ) -> ImageClassifier:
     """ViT encoder + classification head. ``pretrained`` loads the encoder (and the head, when
     its class count matches) from a timm name or a local weights file; with ``preset=None`` a
-    timm name also gives the architecture (any timm ViT, not only the presets' sizes)."""
+    timm name also gives the architecture (any timm ViT, not only the presets' sizes).
+    ``kwargs`` go to ``VisionTransformer``, e.g. ``stem='conv'|'spt'``, ``locality_attn=True``
+    for small data sets."""
     if num_classes is None:
         raise ValueError("num_classes is not set (model.num_classes); it is normally taken from the data")
     encoder = create_vit(preset, **encoder_kwargs(preset, pretrained, kwargs))

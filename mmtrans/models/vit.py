@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmtrans.nn import Block, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
+from mmtrans.nn import STEMS, Block, resample_pos_embed, sincos_pos_embed_2d
 
 __all__ = ["VIT_PRESETS", "VisionTransformer", "auto_patch_size", "create_vit"]
 
@@ -71,12 +71,19 @@ class VisionTransformer(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: type[nn.Module] | None = None,
         fused_attn: bool = True,
+        stem: str = "patch",
+        locality_attn: bool = False,
     ) -> None:
         """``global_pool``: 'cls' (class token), 'avg' (mean of patch tokens) or 'none'.
 
         ``fc_norm=None`` follows timm: with 'avg' pooling the final norm moves after pooling
         (into the head), so ``self.norm`` is Identity and ``use_fc_norm`` tells the head.
         ``pos_embed``: 'learn' (table, resampled for new sizes), 'sincos' (fixed) or 'none'.
+
+        For small data sets (``mmtrans.nn.patch_embed``, ``Attention``): ``stem`` 'patch'
+        (one strided conv, timm's), 'conv' (conv stem, Xiao et al. 2021) or 'spt' (shifted
+        patch tokenization, Lee et al. 2021); ``locality_attn``: locality self-attention (LSA).
+        Both keep the token grid ``img_size // patch_size``; the stem stays ``patch_embed``.
         """
         super().__init__()
         global_pool = {"token": "cls", "": "none"}.get(global_pool, global_pool)
@@ -84,6 +91,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'cls', 'avg' or 'none', got {global_pool!r}")
         if global_pool == "cls" and not class_token:
             raise ValueError("global_pool='cls' needs class_token=True")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
         if pos_embed not in ("learn", "sincos", "none"):
             raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {pos_embed!r}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
@@ -98,7 +107,8 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
         self.pretrained_cfg: dict[str, Any] = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
 
-        self.patch_embed = PatchEmbed(
+        self.stem_type = stem
+        self.patch_embed = STEMS[stem](
             img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -116,7 +126,7 @@ class VisionTransformer(nn.Module):
             Block(
                 embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, drop_path=dpr[i], init_values=init_values, act_layer=act_layer,
-                norm_layer=norm_layer, fused_attn=fused_attn,
+                norm_layer=norm_layer, fused_attn=fused_attn, locality_attn=locality_attn,
             )
             for i in range(depth)
         ])
@@ -138,10 +148,12 @@ class VisionTransformer(nn.Module):
 
     # -- helpers used by optimisers and converters -------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "reg_token"}
+        # The LSA scale is a softmax temperature: decaying it toward 0 would flatten attention.
+        lsa = {f"blocks.{i}.attn.lsa_scale" for i, b in enumerate(self.blocks) if b.attn.lsa_scale is not None}
+        return {"pos_embed", "cls_token", "reg_token"} | lsa
 
     def layer_id(self, name: str) -> int:
-        """Depth index of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1."""
+        """Depth index of a parameter for layer-wise lr decay: embeddings (any stem) 0, block i -> i + 1."""
         if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
             return 0
         if name.startswith("blocks."):

@@ -3,10 +3,11 @@
 from .attention import Attention, KVCache, build_attn_mask
 from .block import Block, BlockCache
 from .layers import DropPath, LayerScale, Mlp, drop_path
-from .patch_embed import PatchEmbed
+from .patch_embed import STEMS, ConvStem, PatchEmbed, ShiftedPatchEmbed
 from .pos_embed import resample_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
 
 __all__ = [
-    "Attention", "Block", "BlockCache", "DropPath", "KVCache", "LayerScale", "Mlp", "PatchEmbed",
+    "STEMS", "Attention", "Block", "BlockCache", "ConvStem", "DropPath", "KVCache", "LayerScale", "Mlp", "PatchEmbed",
+    "ShiftedPatchEmbed",
     "build_attn_mask", "drop_path", "resample_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
 ]

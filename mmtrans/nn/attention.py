@@ -95,6 +95,11 @@ class Attention(nn.Module):
     ``cross=False``: fused ``qkv`` projection over ``x``. ``cross=True``: queries from ``x``,
     keys/values from ``context`` (width ``context_dim``). ``fused_attn=False`` or
     ``return_attn=True`` takes the explicit softmax path, which also returns the weights.
+
+    ``locality_attn``: locality self-attention (LSA, Lee et al. 2021, "Vision Transformer for
+    Small-Size Datasets"): a learned per-head scale ``lsa_scale`` (init ``head_dim**-0.5``, as
+    the authors' code) and no token attends to itself (diagonal masked), which sharpens
+    attention on small data. Encoder self-attention only: not with cross/causal/KV cache.
     """
 
     def __init__(
@@ -110,15 +115,21 @@ class Attention(nn.Module):
         context_dim: int | None = None,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         fused_attn: bool = True,
+        locality_attn: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        if locality_attn and cross:
+            raise ValueError("locality_attn=True is for self-attention; it cannot be combined with cross=True")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.cross = cross
         self.fused_attn = fused_attn
+        self.locality_attn = locality_attn
+        # Per head and learned directly, as in the authors' code (not in log space).
+        self.lsa_scale = nn.Parameter(torch.full((num_heads,), self.scale)) if locality_attn else None
         if cross:
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(context_dim or dim, dim * 2, bias=qkv_bias)
@@ -168,10 +179,17 @@ class Attention(nn.Module):
         Returns ``[B, Lq, D]``, and the ``[B, H, Lq, Lk]`` weights when ``return_attn``.
         """
         B, Lq, D = x.shape
+        if self.locality_attn and (is_causal or kv_cache is not None):
+            raise ValueError("locality_attn=True is for encoder self-attention: not with is_causal or a kv_cache")
         q, k, v = self._project(x, context, kv_cache)
         Lk = k.shape[2]
         explicit = return_attn or not self.fused_attn
-        if attn_mask is None and key_padding_mask is None and (not is_causal or Lq == Lk) and not explicit:
+        scale = self.scale
+        if self.locality_attn:
+            # Fold the learned per-head scale into q: SDPA's `scale=` takes only a float.
+            q, scale = q * self.lsa_scale.view(1, -1, 1, 1).to(q.dtype), 1.0
+        plain = attn_mask is None and key_padding_mask is None and not self.locality_attn
+        if plain and (not is_causal or Lq == Lk) and not explicit:
             # Fast path: let SDPA pick flash / memory-efficient kernels (no materialised mask).
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=is_causal and Lq > 1
@@ -180,15 +198,22 @@ class Attention(nn.Module):
         else:
             causal = is_causal and Lq > 1  # one query against a cache sees every cached key
             mask = build_attn_mask(Lq, Lk, attn_mask, key_padding_mask, causal, q.dtype, q.device)
+            if self.locality_attn:
+                # finfo.min, not -inf: its softmax weight is exactly 0, and a 1-token row stays finite.
+                neg = torch.finfo(q.dtype).min
+                eye = torch.eye(Lq, Lk, dtype=torch.bool, device=q.device)
+                diag = torch.zeros(Lq, Lk, dtype=q.dtype, device=q.device).masked_fill(eye, neg)
+                mask = diag if mask is None else (mask + diag).clamp(min=neg)
             if explicit:
-                scores = (q * self.scale) @ k.transpose(-2, -1)
+                scores = (q * scale) @ k.transpose(-2, -1)
                 if mask is not None:
                     scores = scores + mask
                 weights = scores.softmax(dim=-1)
                 out = self.attn_drop(weights) @ v
             else:
                 out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0
+                    q, k, v, attn_mask=mask, dropout_p=self.attn_drop.p if self.training else 0.0,
+                    scale=1.0 if self.locality_attn else None,  # None: SDPA's default, as before LSA
                 )
                 weights = None
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, Lq, D)))

@@ -44,7 +44,9 @@ class Block(nn.Module):
         cross_attention: bool = False,
         context_dim: int | None = None,
         fused_attn: bool = True,
+        locality_attn: bool = False,
     ) -> None:
+        """``locality_attn``: LSA in the self-attention only (see ``Attention``)."""
         super().__init__()
         attn_kw = dict(
             num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
@@ -56,7 +58,7 @@ class Block(nn.Module):
             return ls, DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, **attn_kw)
+        self.attn = Attention(dim, locality_attn=locality_attn, **attn_kw)
         self.ls1, self.drop_path1 = residual_extras()
         self.has_cross = cross_attention
         if cross_attention:
