@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from tasks.checkpoint import load_model
+from tasks.config_check import check_config
 from tasks.export import export
 from train import train
 
@@ -59,3 +60,15 @@ def test_classification_resnet18_fast_dev_run(tmp_path: Path) -> None:
     metrics, objects = train(cfg)
     assert not objects["model"].encoder.small_input_stem
     assert {"val/acc", "test/acc"} <= metrics.keys()
+
+
+def test_medmnist_sweep_of_vit_tiny_and_resnet18_composes(tmp_path: Path) -> None:
+    # `-m task=medical data=medmnist model=vit_tiny,resnet18`: both jobs' configs are valid, and
+    # vit_tiny gets 4 px patches at 28 px (conf/specialize/medical_vit_tiny_medmnist.yaml).
+    for model in ("vit_tiny", "resnet18"):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["task=medical", "data=medmnist", "data.path=x.npz", f"model={model}",
+                                               f"paths.output_dir={tmp_path}"])
+        check_config(cfg)
+        assert cfg.data.img_size == 28
+        assert cfg.model.get("patch_size") == (4 if model == "vit_tiny" else None)
