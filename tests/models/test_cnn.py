@@ -18,8 +18,6 @@ from mmtrans.optim import param_groups
 from mmtrans.viz import class_activation_maps, class_evidence_map
 from tasks.speed import apply_speed_options
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize("size,chans", [(28, 1), (28, 3), (224, 1), (224, 3)])
 def test_shapes_grey_and_rgb(size: int, chans: int) -> None:

@@ -19,7 +19,6 @@ from tasks.ema import WeightEMA
 from train import train
 
 ROOT = Path(__file__).resolve().parents[2]
-torch.set_num_threads(1)
 
 
 class TinyTask(L.LightningModule):
