@@ -5,7 +5,8 @@ adds is evaluation as medical papers report it:
 - val / test ACC and AUC by MedMNIST's evaluator definitions, per-class AUROC, sensitivity
   and specificity at ``threshold``, expected calibration error (``mmtrans.metrics.medical``);
 - at test time a bootstrap CI for AUC and ACC (``test/auc_ci_low`` ...), a Markdown report
-  (``report.md``) and attention heat maps of the first test images (``heatmaps.png``).
+  (``report.md``) and attention heat maps (class activation maps for CNNs) of the first test
+  images (``heatmaps.png``).
 Predictions are gathered across processes (torchmetrics cat states), so a DDP run reports
 the metrics of the whole split, not of one shard.
 """
@@ -23,7 +24,7 @@ from torchmetrics import Metric
 
 from mmtrans.data.preprocessing import Preprocessing
 from mmtrans.metrics.medical import bootstrap_ci, format_report, medical_metrics
-from mmtrans.viz import attention_maps, heatmap_grid
+from mmtrans.viz import attention_maps, class_activation_maps, heatmap_grid
 from tasks.classification import ClassificationTask
 
 __all__ = ["MedicalTask", "PredictionStore"]
@@ -160,11 +161,16 @@ class MedicalTask(ClassificationTask):
             kept.setdefault(key, []).extend(value[:take].detach().cpu())
 
     def render_heatmaps(self) -> Any:
-        """A PIL grid: each kept test image, then one overlay per ``heatmap_methods``."""
+        """A PIL grid: each kept test image, then one overlay per ``heatmap_methods`` (ViT), or
+        the class activation map of the predicted class (CNN encoders, which have no attention)."""
         kept = self._heatmap_batch
         images = torch.stack(kept["images"])
         encoder = self.model.encoder
-        heats = {m: attention_maps(encoder, images.to(self.device), method=m).cpu() for m in self.hparams.heatmap_methods}
+        if hasattr(encoder, "forward_feature_map"):  # a CNN: no attention to read, class activation maps
+            heats = {"cam": class_activation_maps(self.model, images.to(self.device)).cpu()}
+        else:
+            heats = {m: attention_maps(encoder, images.to(self.device), method=m).cpu()
+                     for m in self.hparams.heatmap_methods}
         titles = [self._caption(t, p) for t, p in zip(kept["target"], kept["probs"])]
         return heatmap_grid(self._unnormalize(images), heats, titles)
 

@@ -14,6 +14,7 @@ from mmtrans.data.image_folder import ImageFolderDataset, find_images, image_fol
 from mmtrans.data.io import load_image
 from mmtrans.data.medical_csv import MedicalCsvDataset, medical_csv_splits
 from mmtrans.data.medical_io import is_dicom, load_medical_image
+from mmtrans.data.samplers import RepeatAugSampler
 from mmtrans.data.shapes import CLASSES as SHAPES_CLASSES
 from mmtrans.data.shapes import ShapesDataset, shapes_splits
 from mmtrans.data.splits import Splits, group_split, stratified_split
@@ -34,6 +35,7 @@ __all__ = [
     "CifarDataset",
     "ImageFolderDataset",
     "MedicalCsvDataset",
+    "RepeatAugSampler",
     "ShapesDataset",
     "Splits",
     "build_transform",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,8 @@ from torchvision.transforms import InterpolationMode, v2
 _MODES = {1: "L", 3: "RGB"}
 # PIL's RGB -> "L" weights: used to turn 3-channel statistics into grey ones.
 _LUMA = (0.299, 0.587, 0.114)
+# augment.auto_augment values: torchvision's policies (they work on grey "L" and RGB PIL images).
+AUTO_AUGMENT: dict[str, type[v2.Transform]] = {"rand": v2.RandAugment, "trivial": v2.TrivialAugmentWide}
 
 
 class ConvertMode:
@@ -59,16 +62,32 @@ def build_transform(
     crop_pct: float = 0.875,
     interpolation: str = "bicubic",
     color_jitter: float = 0.0,
+    vflip: float = 0.0,
+    auto_augment: str | None = None,
+    auto_augment_kwargs: Mapping[str, Any] | None = None,
+    random_erasing: float = 0.0,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> normalised float tensor [in_chans, img_size, img_size].
 
-    Train: RandomResizedCrop + horizontal flip + optional colour jitter.
-    Eval: resize the short side to img_size / crop_pct, then centre-crop (as timm does).
+    Train: RandomResizedCrop + horizontal / vertical flips + optional auto-augmentation
+    (``auto_augment``: "rand" RandAugment, "trivial" TrivialAugmentWide; ``auto_augment_kwargs``
+    go to that class, e.g. ``{num_ops: 2, magnitude: 9}``) + optional colour jitter, then
+    normalisation and optional random erasing (probability ``random_erasing``, per-pixel
+    normal noise as timm's "pixel" mode; after normalisation, so the noise is in its units).
+    The order is timm's ``transforms_imagenet_train``. Eval: resize the short side to
+    img_size / crop_pct, then centre-crop (as timm does); the train-only options are ignored.
     """
     if in_chans not in _MODES:
         raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    for key, p in (("hflip", hflip), ("vflip", vflip), ("random_erasing", random_erasing)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"augment.{key} is a probability in [0, 1], got {p}")
+    if auto_augment is not None and auto_augment not in AUTO_AUGMENT:
+        raise ValueError(f"augment.auto_augment must be null or one of {sorted(AUTO_AUGMENT)}, got {auto_augment!r}")
+    if auto_augment_kwargs and auto_augment is None:
+        raise ValueError("augment.auto_augment_kwargs is set but augment.auto_augment is null")
     try:
         interp = InterpolationMode(interpolation.lower())
     except ValueError:
@@ -82,6 +101,14 @@ def build_transform(
         steps.append(v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=interp, antialias=True))
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip))
+        if vflip > 0:
+            steps.append(v2.RandomVerticalFlip(p=vflip))
+        if auto_augment is not None:
+            try:
+                steps.append(AUTO_AUGMENT[auto_augment](**dict(auto_augment_kwargs or {})))
+            except TypeError as e:  # a keyword the class does not take
+                raise ValueError(f"augment.auto_augment_kwargs={dict(auto_augment_kwargs or {})} do not fit "
+                                 f"{AUTO_AUGMENT[auto_augment].__name__}: {e}") from None
         if color_jitter > 0:
             saturation = color_jitter if in_chans == 3 else 0.0  # saturation means nothing in grey
             steps.append(
@@ -91,6 +118,8 @@ def build_transform(
         steps.append(v2.Resize(int(img_size / crop_pct), interpolation=interp, antialias=True))
         steps.append(v2.CenterCrop(img_size))
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
+    if train and random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value="random"))
     return v2.Compose(steps)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from .captioner import ImageCaptioner
+from .cnn import CNNEncoder
 from .heads import ImageClassifier
 from .pretrained import create_timm_model, load_pretrained, timm_model_name
 from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, auto_patch_size, create_vit
 
-__all__ = ["create_captioner", "create_encoder", "create_image_classifier", "encoder_kwargs"]
+__all__ = ["create_captioner", "create_cnn_classifier", "create_encoder", "create_image_classifier", "encoder_kwargs"]
 
 
 def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +63,24 @@ def create_image_classifier(
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def create_cnn_classifier(
+    name: str = "resnet18",
+    num_classes: int | None = 1000,
+    img_size: int = 224,
+    in_chans: int = 3,
+    pretrained: str | None = None,
+    small_input_stem: bool | str = "auto",
+    drop_rate: float = 0.0,
+) -> ImageClassifier:
+    """A timm CNN baseline (``CNNEncoder``) + classification head. ``small_input_stem``:
+    MedMNIST's 3x3 stride-1 stem without max-pool; "auto" when ``img_size`` <= 64.
+    ``pretrained`` (timm name or local file) loads the encoder; the head starts fresh."""
+    if num_classes is None:
+        raise ValueError("num_classes is not set (model.num_classes); it is normally taken from the data")
+    encoder = CNNEncoder(name, in_chans, img_size, small_input_stem, pretrained)
+    return ImageClassifier(encoder, num_classes, drop_rate=drop_rate)
 
 
 def create_captioner(

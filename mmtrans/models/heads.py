@@ -88,7 +88,9 @@ class ImageClassifier(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.encoder.blocks) + 1
+        # A ViT's depth is its blocks; other encoders (CNNs: stages) say theirs.
+        depth = getattr(self.encoder, "num_layers", None)
+        return (len(self.encoder.blocks) if depth is None else depth) + 1
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.encoder.forward_features(x)
