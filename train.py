@@ -234,7 +234,7 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], output_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
-    # What a sweeper (e.g. Optuna) maximises: the best value seen, else the last one.
+    # What a sweeper (e.g. Optuna) optimises (optimized_metric_mode): the best value seen, else the last one.
     value = metrics.get(f"{cfg.optimized_metric}_best", metrics.get(cfg.optimized_metric))
     return None if value is None or math.isnan(value) else value
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mmtrans.data.preprocessing import Preprocessing
+from mmtrans.data.preprocessing import unnormalize
 from mmtrans.metrics.medical import bootstrap_ci, format_report, medical_metrics
 from mmtrans.viz import attention_maps, class_activation_maps, heatmap_grid
 from tasks.classification import ClassificationTask
@@ -176,9 +176,7 @@ class MedicalTask(ClassificationTask):
 
     def _unnormalize(self, images: Tensor) -> Tensor:
         """Back to [0, 1] pixels with the preprocessing the task was built with."""
-        recorded = self.hparams.get("preprocessing")
-        pp = Preprocessing.from_dict(recorded) if recorded else Preprocessing(images.shape[-1], images.shape[1])
-        return pp.unnormalize(images)
+        return unnormalize(images, self.hparams.get("preprocessing"))
 
     def _caption(self, target: Tensor, probs: Tensor) -> str:
         names = self.hparams.class_names or self.metric_names

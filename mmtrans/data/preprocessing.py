@@ -21,7 +21,7 @@ from PIL import Image
 from mmtrans.data.transforms import build_transform, per_channel
 
 __all__ = ["DEFAULT_IMG_SIZE", "DEFAULT_IN_CHANS", "DEFAULT_MEAN", "DEFAULT_STD", "EVAL_KEYS", "Preprocessing",
-           "resolve_preprocessing"]
+           "resolve_preprocessing", "unnormalize"]
 
 DEFAULT_IMG_SIZE = 224
 DEFAULT_IN_CHANS = 3
@@ -76,6 +76,13 @@ class Preprocessing:
         if unknown or "img_size" not in d:
             raise ValueError(f"{source}: not a preprocessing record (unknown keys {unknown}, needs img_size)")
         return cls(**{**d, "mean": tuple(d.get("mean", DEFAULT_MEAN)), "std": tuple(d.get("std", DEFAULT_STD))})
+
+
+def unnormalize(images: torch.Tensor, recorded: Mapping[str, Any] | None) -> torch.Tensor:
+    """Model input back to [0, 1] pixels with a recorded preprocessing (``as_dict``), or the
+    default statistics when none was recorded (a task built outside train.py)."""
+    pp = Preprocessing.from_dict(recorded) if recorded else Preprocessing(images.shape[-1], images.shape[1])
+    return pp.unnormalize(images)
 
 
 def resolve_preprocessing(

@@ -2,7 +2,8 @@
 
 Encoder keys are shared with timm, so conversion is a filter: prefix for the classifier,
 ``fc_norm``/``head`` moved into our ``ClassifierHead``, the position table resampled to a new
-grid and the patch filter adapted to a new channel count (timm's ``adapt_input_conv``).
+grid and the patch filter adapted to a new channel count (timm's ``adapt_input_conv``; grey
+to colour: the filter spread over the channels).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def convert_timm_vit(state_dict: dict[str, Tensor], model: nn.Module) -> dict[st
                     f"these weights have timm's patch stem, the model has stem={encoder.stem_type!r}: "
                     "build it with stem='patch' to load them"
                 )
+        elif k == "patch_embed.proj.weight" and v.shape[1] == 1:
+            # Grey weights (e.g. MAE on scans) on colour input: each channel gets the grey
+            # filter / C, so an image with equal channels gives the grey model's response.
+            v = v.repeat(1, encoder.in_chans, 1, 1) / encoder.in_chans
         elif k == "patch_embed.proj.weight" and v.shape[1] != encoder.in_chans:
             from timm.models import adapt_input_conv  # timm's rule: grey sums RGB filters
 

@@ -7,11 +7,13 @@ from typing import Any
 from .captioner import ImageCaptioner
 from .cnn import CNNEncoder
 from .heads import ImageClassifier
+from .mae import MaskedAutoencoder
 from .pretrained import create_timm_model, load_pretrained, timm_model_name
 from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, auto_patch_size, create_vit
 
-__all__ = ["create_captioner", "create_cnn_classifier", "create_encoder", "create_image_classifier", "encoder_kwargs"]
+__all__ = ["create_captioner", "create_cnn_classifier", "create_encoder", "create_image_classifier", "create_mae",
+           "encoder_kwargs"]
 
 
 def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +83,23 @@ def create_cnn_classifier(
         raise ValueError("num_classes is not set (model.num_classes); it is normally taken from the data")
     encoder = CNNEncoder(name, in_chans, img_size, small_input_stem, pretrained)
     return ImageClassifier(encoder, num_classes, drop_rate=drop_rate)
+
+
+def create_mae(
+    encoder_preset: str | None = "vit_tiny",
+    encoder_pretrained: str | None = None,
+    decoder_embed_dim: int = 128,
+    decoder_depth: int = 2,
+    decoder_num_heads: int = 4,
+    mask_ratio: float = 0.75,
+    norm_pix_loss: bool = True,
+    **encoder_kwargs: Any,
+) -> MaskedAutoencoder:
+    """ViT encoder (``create_encoder``'s arguments: preset, img_size, in_chans, patch_size,
+    depth, ...) + a small pixel decoder, for masked-autoencoder pretraining. Downstream,
+    ``model.pretrained=<run>/checkpoints/last.ckpt`` takes its encoder only."""
+    encoder = create_encoder(encoder_preset, encoder_pretrained, **encoder_kwargs)
+    return MaskedAutoencoder(encoder, decoder_embed_dim, decoder_depth, decoder_num_heads, mask_ratio, norm_pix_loss)
 
 
 def create_captioner(

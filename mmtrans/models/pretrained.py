@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .convert_timm import convert_timm_vit, is_timm_vit_state_dict
+from .mae import is_mae_state_dict, mae_encoder_state_dict
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "check_state_dict", "create_timm_model", "is_weights_path",
            "load_pretrained", "load_state_dict_checked", "load_weights_only", "pretrained_preprocessing", "read_state_dict",
@@ -150,12 +151,14 @@ PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct")
 
 
 def _normalization_next_to(path: Path) -> dict[str, Any]:
-    """Input statistics from a hub-style ``config.json`` beside the weights (timm writes one)."""
-    cfg_file = path.parent / "config.json"
+    """Input statistics from a ``config.json`` beside the weights (or in an export folder):
+    timm's hub format (``pretrained_cfg``) or an mmtrans-export folder's (``preprocessing``)."""
+    cfg_file = (path if path.is_dir() else path.parent) / "config.json"
     if not cfg_file.is_file():
         return {}
     try:
-        cfg = json.loads(cfg_file.read_text()).get("pretrained_cfg", {})
+        full = json.loads(cfg_file.read_text())
+        cfg = full.get("pretrained_cfg") or full.get("preprocessing") or {}
     except (json.JSONDecodeError, AttributeError) as e:
         warnings.warn(f"{cfg_file} does not parse ({e}); its normalisation is not used", stacklevel=2)
         return {}
@@ -187,9 +190,13 @@ def load_pretrained(model: nn.Module, source: str) -> nn.Module:
     """Load ``source`` into ``model`` (our ``VisionTransformer`` or ``ImageClassifier``).
 
     A classifier head whose size differs from the checkpoint's stays freshly initialised.
-    The encoder's ``pretrained_cfg`` records the source and its normalisation.
+    A masked autoencoder's checkpoint (``task=pretrain``, or its mmtrans-export folder)
+    gives its encoder only. The encoder's ``pretrained_cfg`` records the source and its
+    normalisation.
     """
     encoder = getattr(model, "encoder", model)
+    if Path(source).is_dir() and (Path(source) / "model.safetensors").is_file():  # an mmtrans-export folder
+        source = str(Path(source) / "model.safetensors")
     if is_weights_path(source):
         state_dict = read_state_dict(source)
         extra = _normalization_next_to(Path(source))
@@ -197,6 +204,8 @@ def load_pretrained(model: nn.Module, source: str) -> nn.Module:
         timm_model = create_timm_model(source, pretrained=True)
         state_dict = timm_model.state_dict()
         extra = {k: tuple(timm_model.pretrained_cfg[k]) for k in ("mean", "std") if k in timm_model.pretrained_cfg}
+    if is_mae_state_dict(state_dict):  # ViT key names: the timm converter fits it to the model
+        state_dict = mae_encoder_state_dict(state_dict, encoder, str(source))
     if is_timm_vit_state_dict(state_dict):
         state_dict = convert_timm_vit(state_dict, model)
     elif hasattr(model, "head") and state_dict.get("head.fc.weight") is not None:

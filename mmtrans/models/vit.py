@@ -174,25 +174,45 @@ class VisionTransformer(nn.Module):
             self.pos_embed, grid, self.patch_embed.grid_size, 0 if self.no_embed_class else self.num_prefix_tokens
         )
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Image ``[B, C, H, W]`` -> tokens with prefix and position: ``[B, P + N, D]``."""
+    def _tokens(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Image -> (patch tokens with position ``[B, N, D]``, prefix tokens with theirs
+        ``[B, P, D]`` or None), kept apart so that a masked encoder can drop patches first."""
         grid = self.patch_embed.dynamic_grid(tuple(x.shape[-2:]))
         x = self.patch_embed(x)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        tokens = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        prefix = torch.cat(tokens, dim=1) if tokens else None
         pos = self._pos_table(grid)
         if pos is not None and (self.no_embed_class or self.pos_embed_type == "sincos"):
             x = x + pos  # table covers patches only; prefix tokens carry no position
-            pos = None
-        if prefix:
-            x = torch.cat(prefix + [x], dim=1)
-        if pos is not None:
-            x = x + pos
+        elif pos is not None:
+            n = self.num_prefix_tokens
+            x = x + pos[:, n:]
+            prefix = prefix + pos[:, :n] if prefix is not None else None
+        return x, prefix
+
+    def _join(self, patches: Tensor, prefix: Tensor | None) -> Tensor:
+        x = patches if prefix is None else torch.cat([prefix, patches], dim=1)
         return self.norm_pre(self.pos_drop(x))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Image ``[B, C, H, W]`` -> tokens with prefix and position: ``[B, P + N, D]``."""
+        return self._join(*self._tokens(x))
 
     def forward_features(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Token features after the final norm; with ``return_attn`` also each block's
         attention weights ``[B, H, T, T]`` (explicit softmax path, for heat maps)."""
-        x = self.embed(x)
+        return self.forward_tokens(self.embed(x), return_attn)
+
+    def forward_masked(self, x: Tensor, ids_keep: Tensor) -> Tensor:
+        """Features of the patches ``ids_keep`` ``[B, K]`` only (MAE's encoder): position is
+        added before the others are dropped, so each kept token knows where it came from.
+        Returns ``[B, P + K, D]``, prefix tokens first, kept patches in ``ids_keep`` order."""
+        patches, prefix = self._tokens(x)
+        patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return self.forward_tokens(self._join(patches, prefix))
+
+    def forward_tokens(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Embedded tokens ``[B, T, D]`` through the blocks and the final norm."""
         attns: list[Tensor] = []
         for blk in self.blocks:
             if return_attn:

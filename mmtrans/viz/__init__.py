@@ -10,6 +10,7 @@ from .attention_maps import (
 )
 from .cam import class_activation_maps, class_evidence_map
 from .caption_grid import caption_grid
+from .image_rows import image_rows
 
 __all__ = [
     "attention_maps",
@@ -18,6 +19,7 @@ __all__ = [
     "class_activation_maps",
     "class_evidence_map",
     "heatmap_grid",
+    "image_rows",
     "last_layer_cls_attention",
     "overlay_heatmap",
 ]
