@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
+from mmtrans.data.preprocessing import unnormalize
 from mmtrans.optim import build_adamw
 from mmtrans.viz import image_rows
 from tasks.checkpoint import checkpoint_config

@@ -35,8 +35,8 @@ def compose_cfg(output_dir: Path, *overrides: str) -> DictConfig:
 def test_medical_resnet18_end_to_end_and_checkpoint_round_trip(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = compose_cfg(
-        run, "task=medical", "data=medical_scans", "data.img_size=24", "data.splits.num_train=32", "data.splits.num_val=16",
-        "data.splits.num_test=16", "trainer.max_epochs=1", "task.bootstrap_samples=20", "task.num_heatmaps=2",
+        run, "task=medical", "data=medical_scans", "data.img_size=24", "data.num_train=32", "data.num_val=16",
+        "data.num_test=16", "trainer.max_epochs=1", "task.bootstrap_samples=20", "task.num_heatmaps=2",
     )
     metrics, objects = train(cfg)
     model = objects["model"]
@@ -55,8 +55,8 @@ def test_medical_resnet18_end_to_end_and_checkpoint_round_trip(tmp_path: Path) -
 
 
 def test_classification_resnet18_fast_dev_run(tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, "task=classification", "data.splits.num_train=16", "data.splits.num_val=8",
-                      "data.splits.num_test=8", "trainer.fast_dev_run=true", "model.small_input_stem=false")
+    cfg = compose_cfg(tmp_path, "task=classification", "data.num_train=16", "data.num_val=8",
+                      "data.num_test=8", "trainer.fast_dev_run=true", "model.small_input_stem=false")
     metrics, objects = train(cfg)
     assert not objects["model"].encoder.small_input_stem
     assert {"val/acc", "test/acc"} <= metrics.keys()
@@ -70,5 +70,5 @@ def test_medmnist_sweep_of_vit_tiny_and_resnet18_composes(tmp_path: Path) -> Non
             cfg = compose("config", overrides=["task=medical", "data=medmnist", "data.path=x.npz", f"model={model}",
                                                f"paths.output_dir={tmp_path}"])
         check_config(cfg)
-        assert cfg.data.img_size == 28
+        assert cfg.data.img_size is None  # from the file (28 px), resolved by the DataModule
         assert cfg.model.get("patch_size") == (4 if model == "vit_tiny" else None)

@@ -20,7 +20,7 @@ from train import train
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8"]
 RUN = ["data.batch_size=16", "trainer.accelerator=cpu", "trainer.devices=1", "callbacks.progress_bar.refresh_rate=0"]
-TINY_DATA = ["data.splits.num_train=64", "data.splits.num_val=32", "data.splits.num_test=16"]
+TINY_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=16"]
 
 
 def compose_cfg(output_dir: Path, *overrides: str) -> DictConfig:

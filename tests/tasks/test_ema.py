@@ -136,7 +136,7 @@ def test_bad_decay_is_named() -> None:
 # -- through train.py: load_model and exact resume ---------------------------------------------
 TINY = ["callbacks=ema", "callbacks.ema.decay=0.9", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
         "model.patch_size=8", "model.drop_rate=0.1", "data.img_size=32", "data.batch_size=16",
-        "data.splits.num_train=64", "data.splits.num_val=32", "data.splits.num_test=32", "trainer.accelerator=cpu",
+        "data.num_train=64", "data.num_val=32", "data.num_test=32", "trainer.accelerator=cpu",
         "trainer.devices=1", "trainer.deterministic=true", "trainer.max_epochs=2", "test=false",
         "callbacks.progress_bar.refresh_rate=0"]
 
