@@ -27,7 +27,7 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from mmtrans.models.pretrained import pretrained_preprocessing
@@ -69,6 +69,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     apply_speed_options(model, cfg.compile, cfg.channels_last, cfg.grad_checkpointing)
     loggers = _instantiate_each(cfg.get("logger"))
     callbacks = _instantiate_each(cfg.get("callbacks"))
+    if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        # Lightning refuses a LearningRateMonitor without a logger (logger=none): it has nowhere to write.
+        print("logger=none: the learning-rate monitor is left out (it needs a logger)")
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if getattr(datamodule, "on_bad_image", "raise") == "skip":
         callbacks.append(BadImageReport())  # counts and lists what the policy leaves out
     trainer: L.Trainer = instantiate(
