@@ -21,6 +21,7 @@ from mmtrans.data.bad_images import (
     has_files,
 )
 from mmtrans.data.preprocessing import Preprocessing, resolve_preprocessing
+from mmtrans.data.samplers import RepeatAugSampler
 from mmtrans.data.splits import Splits, class_counts, dataset_labels, describe_source, split_options
 
 SAMPLERS = (None, "weighted")
@@ -36,7 +37,9 @@ class DataModule(L.LightningDataModule):
     image file that does not decode, naming it; "skip" leaves such samples out and reports
     them (`mmtrans.data.bad_images`). `validate=true` decodes every file once in `setup()`
     and reports all bad ones before training (an error with "raise"). `sampler="weighted"` draws training samples
-    with probability 1 / (size of their class), for imbalanced single-label data. `augment` holds keyword arguments of
+    with probability 1 / (size of their class), for imbalanced single-label data;
+    `repeated_aug=k` serves each drawn training image k times in a row (DeiT's repeated
+    augmentation, `mmtrans.data.samplers.RepeatAugSampler`), an epoch as long as the data. `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
 
     `preprocessing` (image size, channels, resampling, crop, mean/std) is resolved once, here:
@@ -62,6 +65,7 @@ class DataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
         augment: dict | None = None,
         sampler: str | None = None,
+        repeated_aug: int = 1,
         on_bad_image: str = "raise",
         validate: bool = False,
         pretrained_cfg: dict[str, Any] | None = None,
@@ -74,6 +78,9 @@ class DataModule(L.LightningDataModule):
             )
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if not isinstance(repeated_aug, int) or repeated_aug < 1 or (repeated_aug > 1 and sampler is not None):
+            raise ValueError(f"data.repeated_aug must be an integer >= 1 (and needs data.sampler=null), "
+                             f"got {repeated_aug!r} with data.sampler={sampler!r}")
         if on_bad_image not in POLICIES:
             raise ValueError(f"data.on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
         self.splits_factory = splits
@@ -82,6 +89,7 @@ class DataModule(L.LightningDataModule):
         # builder's default.
         self.source_kwargs = split_options(splits, {k: v for k, v in source.items() if v is not None})
         self.sampler = sampler
+        self.repeated_aug = repeated_aug
         self.collate = collate  # None: torch's default collate (image classification)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -211,7 +219,13 @@ class DataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers > 0
-        sampler = self._weighted_sampler(dataset) if train and self.sampler == "weighted" else None
+        sampler = None
+        if train and self.sampler == "weighted":
+            sampler = self._weighted_sampler(dataset)
+        elif train and self.repeated_aug > 1:
+            # One stream; under DDP Lightning's sampler wrapper deals it out to the processes.
+            sampler = RepeatAugSampler(len(dataset), self.repeated_aug, seed=torch.initial_seed() % 2**31,
+                                       num_replicas=1, rank=0, selected_round=0)
         return DataLoader(
             dataset,
             batch_size=batch_size,

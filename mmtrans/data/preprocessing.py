@@ -56,7 +56,7 @@ class Preprocessing:
         training keywords, e.g. ``scale``, ``hflip``, ``auto_augment``)."""
         common = dict(img_size=self.img_size, in_chans=self.in_chans, mean=self.mean, std=self.std,
                       interpolation=self.interpolation, crop_pct=self.crop_pct)
-        extra = {k: v for k, v in augment.items() if k not in EVAL_KEYS}
+        extra = {k: v for k, v in augment.items() if k not in EVAL_KEYS and v is not None}
         return build_transform(train=train, **common, **(extra if train else {}))
 
     def unnormalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,8 @@ def resolve_preprocessing(
     the data, then the pretrained config, then the defaults."""
     if (mean is None) != (std is None):
         raise ValueError("set both data.mean and data.std, or neither")
-    data, pretrained, augment = dict(data or {}), dict(pretrained or {}), dict(augment or {})
+    data, pretrained = dict(data or {}), dict(pretrained or {})
+    augment = {k: v for k, v in (augment or {}).items() if v is not None}  # None: not pinned
     size = img_size if img_size is not None else data.get("img_size", DEFAULT_IMG_SIZE)
     chans = in_chans if in_chans is not None else data.get("in_chans", DEFAULT_IN_CHANS)
     if mean is None:

@@ -34,7 +34,12 @@ class _TokenGrid(nn.Module):
         self.patch_size = _pair(patch_size)
         for side, p in zip(self.img_size, self.patch_size):
             if side % p:
-                raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+                fits = [q for q in (16, 14, 8, 7, 4, 2) if all(s % q == 0 for s in self.img_size)]
+                raise ValueError(
+                    f"patch_size {p} does not divide the image size {self.img_size[0]}x{self.img_size[1]} "
+                    f"(model.patch_size / data.img_size): use a divisor ({', '.join(map(str, fits)) or 1}), "
+                    "or leave model.patch_size=null to follow the image size"
+                )
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.strict_img_size = strict_img_size

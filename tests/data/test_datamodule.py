@@ -163,3 +163,29 @@ def test_stored_preprocessing_rebuilds_the_eval_transform():
     # The interpolation matters here: without it the pictures differ.
     plain = Preprocessing.from_dict({**stored, "interpolation": "bicubic"}).transform(train=False)
     assert not torch.equal(plain(img), dm.splits.val.transform(img))
+
+
+def test_repeated_augmentation_serves_each_drawn_image_k_times_in_a_row():
+    torch.manual_seed(0)
+    dm = DataModule(shapes(num_train=12), img_size=16, batch_size=6, repeated_aug=3,
+                    augment={"scale": (0.5, 1.0), "hflip": 0.5})
+    dm.setup("fit")
+    ids = [i for batch in dm.train_dataloader() for i in batch["id"]]
+    assert len(ids) == 12  # an epoch as long as the data set
+    assert all(ids[k] == ids[k - k % 3] for k in range(12))  # runs of 3 copies
+    batch = next(iter(dm.train_dataloader()))
+    assert not torch.equal(batch["image"][0], batch["image"][1])  # each copy augmented anew
+    with pytest.raises(ValueError, match="data.repeated_aug"):
+        DataModule(shapes(), repeated_aug=2, sampler="weighted")
+
+
+def test_augment_options_reach_the_train_pipeline():
+    from torchvision.transforms import v2
+
+    dm = DataModule(shapes(), img_size=16, batch_size=4,
+                    augment={"auto_augment": "trivial", "vflip": 0.5, "random_erasing": 0.25, "crop_pct": None})
+    dm.setup("fit")
+    kinds = [type(t) for t in dm.splits.train.transform.transforms]
+    assert v2.TrivialAugmentWide in kinds and v2.RandomVerticalFlip in kinds and v2.RandomErasing in kinds
+    assert v2.TrivialAugmentWide not in [type(t) for t in dm.splits.val.transform.transforms]
+    assert dm.preprocessing.crop_pct == 0.875  # null: not pinned, the default holds

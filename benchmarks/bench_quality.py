@@ -1,0 +1,138 @@
+"""Quality on real data, in one run: our recipes against the baseline a user would train instead.
+
+    python benchmarks/bench_quality.py                     # BreastMNIST: ViT recipe vs ResNet-18, 3 seeds
+    python benchmarks/bench_quality.py --jobs 2 --json results/bench_quality/metrics.json
+    python benchmarks/bench_quality.py --part captioning   # Flickr8k 1k: with vs without MAE pretraining
+
+**medmnist** (default): `python train.py task=medical data=medmnist data.path=FILE seed=S` (the
+documented recipe, conf/specialize/medical_vit_tiny_medmnist.yaml) and the same command with
+`model=resnet18` (MedMNIST v2's ResNet-18 at 28 px: 3x3 stem, no max-pool), each for the same
+number of epochs (--epochs, default: the recipe's) and seeds. Models are chosen on val AUC
+(the best checkpoint), tested once. Prints each run, mean ± std of test AUC / ACC per model and,
+last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`.
+
+**captioning**: Flickr8k 1k (`data=caption_table`) from scratch for --caption-epochs, against MAE
+pretraining on the same training images followed by captioning with that encoder, the
+pretraining's epochs taken out of the captioning's so that both spend about the same CPU time
+(wall times are printed beside the scores). Prints BLEU-4 / CIDEr-D of both and
+`RATIO cider_mae_over_scratch`.
+
+Each run is `train.py` in a subprocess with its own run folder under --out; `--jobs 2` runs two
+at once (each with half the cores' threads). Never run by pytest beyond `--tiny` (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "task.bootstrap_samples=0"]
+
+
+def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
+    """One train.py run; its metrics.json plus the wall time of the whole process."""
+    run_dir = out / name
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv",
+           "callbacks.progress_bar.refresh_rate=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(f"  {name}: {took:.0f} s, " + ", ".join(
+        f"{k} {metrics[k]:.4f}" for k in ("val/auc_best", "test/auc", "test/acc", "val/cider_best", "test/bleu4",
+                                          "test/cider") if k in metrics), flush=True)
+    return {**metrics, "process_s": took}
+
+
+def run_all(jobs: dict[str, list[str]], out: Path, parallel: int) -> dict[str, dict]:
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = {name: pool.submit(run, name, overrides, out, threads) for name, overrides in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def medmnist(args: argparse.Namespace) -> dict[str, float]:
+    data = ["task=medical", "data=medmnist", f"data.path={args.data}", "task.num_heatmaps=0"]
+    epochs = [f"trainer.max_epochs={args.epochs}"] if args.epochs else []
+    models = {"vit": [], "resnet18": ["model=resnet18"]}
+    jobs = {f"{m}_seed{s}": [*data, *extra, *epochs, f"seed={s}", *(TINY if args.tiny else [])]
+            for s in args.seeds for m, extra in models.items()}
+    print(f"BreastMNIST-style quality run: {args.data}, seeds {args.seeds}, {args.jobs} at a time")
+    results = run_all(jobs, args.out, args.jobs)
+    summary: dict[str, float] = {}
+    for m in models:
+        for key in ("test/auc", "test/acc", "process_s"):
+            mean, std = mean_std([results[f"{m}_seed{s}"][key] for s in args.seeds])
+            summary[f"{m}/{key.split('/')[-1]}_mean"], summary[f"{m}/{key.split('/')[-1]}_std"] = mean, std
+        print(f"{m:>9}: test AUC {summary[f'{m}/auc_mean']:.3f} ± {summary[f'{m}/auc_std']:.3f}, "
+              f"ACC {summary[f'{m}/acc_mean']:.3f} ± {summary[f'{m}/acc_std']:.3f} "
+              f"({len(args.seeds)} seeds, {summary[f'{m}/process_s_mean']:.0f} s per run)")
+    summary["auc_vit_over_resnet18"] = summary["vit/auc_mean"] / summary["resnet18/auc_mean"]
+    for name, metrics in results.items():
+        summary.update({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+    print(f"RATIO auc_vit_over_resnet18 {summary['auc_vit_over_resnet18']:.3f}")
+    return summary
+
+
+def captioning(args: argparse.Namespace) -> dict[str, float]:
+    flickr = Path(args.flickr)
+    data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
+    tiny = TINY[:-1] if args.tiny else []
+    total, pre = args.caption_epochs, args.pretrain_epochs
+    scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, 2)
+    pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, 2)
+    ckpt = args.out / "mae_pretrain" / "checkpoints" / "last.ckpt"
+    rest = max(1, total - pre) if not args.tiny else 1
+    tuned = run("caption_mae", ["task=captioning", *data, f"model.encoder_pretrained={ckpt}",
+                                f"trainer.max_epochs={rest}", *tiny], args.out, 2)
+    summary = {f"scratch/{k}": v for k, v in scratch.items() if isinstance(v, float)}
+    summary.update({f"mae/{k}": v for k, v in tuned.items() if isinstance(v, float)})
+    summary["mae/pretrain_process_s"] = pretrain["process_s"]
+    summary["mae/total_process_s"] = pretrain["process_s"] + tuned["process_s"]
+    for name, m, took in (("scratch", scratch, scratch["process_s"]), ("mae", tuned, summary["mae/total_process_s"])):
+        print(f"{name:>8}: test BLEU-4 {m['test/bleu4']:.3f}, CIDEr-D {m['test/cider']:.3f} ({took:.0f} s in all)")
+    summary["cider_mae_over_scratch"] = tuned["test/cider"] / max(scratch["test/cider"], 1e-9)
+    print(f"RATIO cider_mae_over_scratch {summary['cider_mae_over_scratch']:.3f}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("medmnist", "captioning"), default="medmnist")
+    ap.add_argument("--data", default=str(SHARED / "breastmnist" / "breastmnist.npz"), help="a MedMNIST .npz")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=60, help="both models (the recipe's 60)")
+    ap.add_argument("--flickr", default=str(SHARED / "flickr8k_1k"), help="images/ + captions.txt")
+    ap.add_argument("--caption-epochs", type=int, default=12, help="captioning from scratch")
+    ap.add_argument("--pretrain-epochs", type=int, default=4, help="MAE epochs, taken out of the captioning's")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--tiny", action="store_true", help="a few batches per run: checks the script, measures nothing")
+    args = ap.parse_args(argv)
+    summary = medmnist(args) if args.part == "medmnist" else captioning(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
