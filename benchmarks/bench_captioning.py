@@ -89,9 +89,12 @@ def main() -> None:
     cfg = compose_config(args.base)
     tokenizer = train_tokenizer(cfg.task.tokenizer.vocab_size)
     torch.manual_seed(0)
-    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all").to(device).eval()
+    # The task builds the model for the data's resolved size and channels; both configs set the
+    # size, and captioning images are RGB (in_chans null: from the data, which is RGB here).
+    img, chans = cfg.data.img_size, cfg.data.in_chans or 3
+    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=img, in_chans=chans,
+                        _convert_="all").to(device).eval()
     n_new = args.max_new_tokens or cfg.task.generation.max_new_tokens
-    img, chans = cfg.data.img_size, cfg.data.in_chans
     images = torch.randn(args.batch, chans, img, img, generator=torch.Generator().manual_seed(1)).to(device)
 
     def run(num_beams: int) -> Callable[[], list[str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+_START = time.perf_counter()  # imported at the top of each script: its wall time starts here
 
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer sees it (no-op on the CPU)."""
@@ -69,8 +70,10 @@ class Numbers:
     def write(self, path: str | None) -> None:
         """Write the numbers to `path` (nothing when None: no --json given)."""
         if path:
+            # The script's time from this module's import (after torch's), as train.py's wall_time_s.
+            values = {**self.values, "wall_time_s": round(time.perf_counter() - _START, 1)}
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(self.values, indent=2) + "\n")
+            Path(path).write_text(json.dumps(values, indent=2) + "\n")
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
