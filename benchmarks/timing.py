@@ -54,7 +54,9 @@ class Numbers:
         self.values: dict[str, float | int | str | None] = {}
 
     def add(self, key: str, value: float | int | str | None) -> None:
-        self.values[key] = round(value, 6) if isinstance(value, float) else value
+        # 6 significant digits: enough for any figure printed, readable in the JSON (and a
+        # tiny difference such as 9.7e-08 stays itself rather than rounding to 0).
+        self.values[key] = float(f"{value:.6g}") if isinstance(value, float) else value
 
     def spread(self, key: str, values: list[float], scale: float = 1.0) -> None:
         """`key_median`, `key_min`, `key_max` of `values` x `scale` (e.g. 1e3: seconds -> ms)."""
