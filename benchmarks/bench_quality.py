@@ -40,8 +40,16 @@ TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_
 
 
 def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
-    """One train.py run; its metrics.json plus the wall time of the whole process."""
+    """One train.py run; its metrics.json plus the wall time of the whole process. A run whose
+    folder already holds a finished run (its metrics.json, e.g. of an interrupted benchmark given
+    the same --out) is read back, not run again."""
     run_dir = out / name
+    done = run_dir / "process.json"
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        took = json.loads(done.read_text())["process_s"] if done.is_file() else metrics["wall_time_s"]
+        print(f"  {name}: finished earlier in {run_dir} ({took:.0f} s), read back", flush=True)
+        return {**metrics, "process_s": took}
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv",
            "callbacks.progress_bar.refresh_rate=0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -51,6 +59,7 @@ def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    done.write_text(json.dumps({"process_s": took, "command": cmd}) + "\n")
     print(f"  {name}: {took:.0f} s, " + ", ".join(
         f"{k} {metrics[k]:.4f}" for k in ("val/auc_best", "test/auc", "test/acc", "val/cider_best", "test/bleu4",
                                           "test/cider") if k in metrics), flush=True)
