@@ -106,15 +106,15 @@ def captioning(args: argparse.Namespace) -> dict[str, float]:
     data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
     tiny = TINY[:-1] if args.tiny else []
     total, pre = args.caption_epochs, args.pretrain_epochs
-    scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, 2)
-    pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, 2)
+    scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, args.threads or 2)
+    pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, args.threads or 2)
     ckpt = args.out / "mae_pretrain" / "checkpoints" / "last.ckpt"
     # The same total time: the pretraining's time is taken out of the captioning's epochs, at
     # the scratch run's cost per epoch.
     per_epoch = scratch["process_s"] / total
     rest = 1 if args.tiny else max(1, total - round(pretrain["process_s"] / per_epoch))
     tuned = run("caption_mae", ["task=captioning", *data, f"model.encoder_pretrained={ckpt}",
-                                f"trainer.max_epochs={rest}", *tiny], args.out, 2)
+                                f"trainer.max_epochs={rest}", *tiny], args.out, args.threads or 2)
     summary = {f"scratch/{k}": v for k, v in scratch.items() if isinstance(v, float)}
     summary.update({f"mae/{k}": v for k, v in tuned.items() if isinstance(v, float)})
     summary["mae/pretrain_process_s"] = pretrain["process_s"]
