@@ -131,7 +131,8 @@ class DataModule(L.LightningDataModule):
                 splits = self._skipping(splits)
             for name in ("train", "val", "test"):
                 dataset = getattr(splits, name)
-                if dataset is not None and len(dataset) == 0:
+                # A stream's length (eval shards) is unknown up front: its reader checks it.
+                if dataset is not None and not isinstance(dataset, IterableDataset) and len(dataset) == 0:
                     raise ValueError(
                         f"the {name} split is empty: check data.splits (paths, fractions, sizes)"
                     )
