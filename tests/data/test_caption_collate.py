@@ -12,7 +12,7 @@ from mmtrans.text import CaptionTokenizer
 
 
 def test_collate_tokenises_training_captions_in_a_worker() -> None:
-    splits = scene_caption_splits(num_train=4, num_val=2, num_test=2, img_size=16)
+    splits = scene_caption_splits(num_train=4, num_val=2, num_test=2, img_size=32)
     tokenizer = CaptionTokenizer.train(splits.train.all_captions(), vocab_size=80)
     collate = CaptionCollate().with_tokenizer(tokenizer, max_len=6)
     batch = next(iter(DataLoader(splits.train, batch_size=5, collate_fn=collate, num_workers=1)))
