@@ -41,7 +41,8 @@ step() {  # step NAME COMMAND...: run it, log to $OUT/NAME.log, record status an
 
 if [[ $SMOKE -eq 1 ]]; then
   BENCH=(--device cpu --tiny --batch 4 --repeats 2 --warmup 1 --decode-batch 2 --decode-tokens 4)
-  RUN=(trainer=cpu trainer.fast_dev_run=true model.depth=1 data.batch_size=8)
+  RUN=(trainer=cpu trainer.fast_dev_run=true model.depth=1 data.batch_size=8 data.num_train=64 data.num_val=16
+       data.num_test=16)
   declare -A EXTRA=([classification]="" [captioning]="task.generation.num_beams=1 task.generation.max_new_tokens=4"
                     [medical]="task.bootstrap_samples=50 task.num_heatmaps=1")
 else
