@@ -9,6 +9,7 @@ travels inside every checkpoint, so a checkpoint alone captions new images.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
+from mmtrans.data.captions import CaptionCollate
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
 from mmtrans.optim import adamw, param_groups
@@ -67,14 +70,19 @@ class CaptioningTask(L.LightningModule):
         return self.model(images, tokens, key_padding_mask=key_padding_mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        tokens, pad, n_truncated = self.tokenizer.encode_batch(batch["caption"], self.hparams.max_len)
+        if "tokens" not in batch:
+            raise ValueError(
+                "captioning training batches carry token ids, tokenised in the loader by "
+                "mmtrans.data.captions.CaptionCollate (set by CaptioningTask.build via DataModule.set_collate); "
+                f"this batch has only {sorted(batch)}"
+            )
+        tokens, pad, n_truncated = batch["tokens"], batch["padding_mask"], int(batch["num_truncated"])
         if n_truncated and not self._truncation_warned:
             self._truncation_warned = True
             print(f"warning: {n_truncated} caption(s) in a batch were cut to task.max_len={self.hparams.max_len} "
                   "tokens (warned once; the epoch's count is logged as train/truncated_captions)")
         self.log("train/truncated_captions", float(n_truncated), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
-        tokens, pad = tokens.to(self.device), pad.to(self.device)
         logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
         # Mask by the padding mask, not by pad_id: GPT-2 style tokenizers use eos as pad.
         target = tokens[:, 1:].masked_fill(pad[:, 1:], -100)
@@ -140,6 +148,21 @@ class CaptioningTask(L.LightningModule):
             results = [{"image_id": i, "caption": c} for i, c, _ in outputs]  # COCO results format
             out.write_text(json.dumps(results, indent=1) + "\n")
 
+    def setup(self, stage: str) -> None:
+        """Under DDP every process trained the tokenizer on the same captions (deterministic;
+        only rank 0 wrote it): check that they agree before any step, as the model's vocabulary
+        and the token ids in every process's batches depend on it."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            mine = self.tokenizer.to_json()
+            every: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(every, mine)
+            differing = [rank for rank, text in enumerate(every) if text != every[0]]
+            if differing:
+                raise RuntimeError(
+                    f"the caption tokenizer differs between process 0 and process(es) {differing}: "
+                    "train it once (task.tokenizer.pretrained=<folder written by a run>) and rerun"
+                )
+
     # -- checkpoint and optimiser ----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer"] = self.tokenizer.to_json()  # a plain string: weights_only-safe
@@ -159,13 +182,27 @@ class CaptioningTask(L.LightningModule):
         """Tokenizer (trained on the training captions, or pretrained), model sized to its
         vocabulary and built for the data's resolved preprocessing, then the task."""
         datamodule.setup("fit")
+        # Set before training the tokenizer, so that every DDP process (its launcher passes the
+        # environment on) trains it the same way: loader workers tokenise one batch each, and
+        # the tokenizer's own threads would only compete with them (and warn after the fork).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         tok_cfg = cfg.task.get("tokenizer") or {}
         if tok_cfg.get("pretrained"):
             tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
         else:
             texts = datamodule.splits.train.all_captions()
             tokenizer = CaptionTokenizer.train(texts, vocab_size=tok_cfg.get("vocab_size", 1000))
-        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
+            tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        # Tokenising moves into the loader (its workers): the collate gets the tokenizer now,
+        # before any loader exists.
+        collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
+        if not hasattr(collate, "with_tokenizer"):
+            raise ValueError(
+                "task=captioning tokenises in the data loader: data.collate must be "
+                f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}"
+            )
+        datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len))
         pp = datamodule.preprocessing
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
                             _convert_="all")

@@ -26,6 +26,12 @@ from omegaconf import DictConfig, ListConfig
 __all__ = ["check_config"]
 
 _SIMPLE = (bool, int, float, str)
+# Keys of a target's node that train.py handles itself (not constructor arguments), with
+# their allowed values: the trainer group's torch.set_float32_matmul_precision.
+_HANDLED_KEYS = {
+    "pytorch_lightning.Trainer": {"matmul_precision": (None, "highest", "high", "medium")},
+    "lightning.pytorch.Trainer": {"matmul_precision": (None, "highest", "high", "medium")},
+}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -104,11 +110,16 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
         open_kwargs = False
         name = f"{name} (data set options: {factory_name})"
     problems = []
+    handled = _HANDLED_KEYS.get(str(node._target_), {})
     for key in node:
         key = str(key)
         if key.startswith("_") and key.endswith("_"):
             continue
         full = f"{where}.{key}" if path else key
+        if key in handled:
+            if node[key] not in handled[key]:
+                problems.append(f"{full}={node[key]!r}: expected one of {', '.join(map(str, handled[key]))}")
+            continue
         if key not in params:
             if not open_kwargs:
                 close = difflib.get_close_matches(key, list(params), n=1)
