@@ -23,6 +23,8 @@ from typing import Any
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig
 
+from tasks.task_fit import check_task_fits
+
 __all__ = ["check_config"]
 
 _SIMPLE = (bool, int, float, str)
@@ -33,6 +35,7 @@ def check_config(cfg: DictConfig) -> None:
     problems = [p for path, node in _target_nodes(cfg, "") for p in _check_node(path, node)]
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+    check_task_fits(cfg)  # task=captioning model=resnet18: named now, not as a bad keyword later
 
 
 def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
@@ -103,7 +106,7 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
         params = {**options, **params}
         open_kwargs = False
         name = f"{name} (data set options: {factory_name})"
-    problems = []
+    problems = [] if forwarded is None else _options_under_splits(where, node)
     for key in node:
         key = str(key)
         if key.startswith("_") and key.endswith("_"):
@@ -133,6 +136,15 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
             names = " | ".join("None" if t is type(None) else t.__name__ for t in expected)
             problems.append(f"{full}={value!r}: {name}({key}: {names}) expects {names}")
     return problems
+
+
+def _options_under_splits(where: str, node: DictConfig) -> list[str]:
+    """``data.splits.num_train``: the DataModule passes data.num_train (its shipped default) at
+    call time, which beats a value bound in the partial, so this one would be silently ignored."""
+    return [
+        f"{where}.splits.{key}: data set options sit at {where}.*: set {where}.{key} instead"
+        for key in node.splits if not (str(key).startswith("_") and str(key).endswith("_"))
+    ]
 
 
 def _forwarded_options(node: DictConfig) -> tuple[str, dict[str, inspect.Parameter]] | None:
