@@ -17,6 +17,7 @@ import difflib
 import inspect
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,12 +68,13 @@ def _parameters(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[st
     for func in chain:
         try:
             signature = inspect.signature(func)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
+            _skipped(func, f"its signature cannot be read ({err}): its keys are not checked")
             return params, hints, True
         try:
             hints = {**typing.get_type_hints(func), **hints}
-        except Exception:  # unresolvable annotations: check names only
-            pass
+        except Exception as err:  # noqa: BLE001 - a forward reference to a name not importable here, ...
+            _skipped(func, f"its type hints do not resolve ({type(err).__name__}: {err}): only key names are checked")
         kinds = {p.kind for p in signature.parameters.values()}
         params = {**{n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)},
                   **params}
@@ -87,9 +89,21 @@ def _forwards_kwargs(init: Callable) -> bool:
     keys, checked by the DataModule against its split builder)."""
     try:
         source = inspect.getsource(init)
-    except (OSError, TypeError):
+    except (OSError, TypeError) as err:
+        _skipped(init, f"its source cannot be read ({err}): its base classes' arguments are not checked")
         return False
     return "super().__init__(" in source and "**kwargs)" in source
+
+
+_WARNED: set[str] = set()
+
+
+def _skipped(func: Callable, why: str) -> None:
+    """Say once per constructor which part of the check cannot run, and why."""
+    name = getattr(func, "__qualname__", repr(func))
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"config check of {name}: {why}", stacklevel=3)
 
 
 def _check_node(path: str, node: DictConfig) -> list[str]:
