@@ -74,16 +74,16 @@ def medmnist_npz(path: Path, n: int = 16, rgb: bool = False, classes: int = 2) -
 
 
 def medical_csv(folder: Path, n: int = 20) -> tuple[Path, Path]:
-    """labels.csv (path, effusion, nodule, patient_id) over grey PNGs in folder/images:
-    (csv, image folder)."""
+    """labels.csv (path, label, effusion, nodule, a, b, patient_id) beside grey PNGs in
+    folder/images (so data.root may be that folder or left null): (csv, image folder)."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         Image.new("L", (24, 24), 40 + 10 * i).save(images / f"{i}.png")
-        rows.append({"path": f"{i}.png", "effusion": i % 2, "nodule": (i // 2) % 2, "patient_id": f"P{i // 2}",
-                     "label": "lesion" if i % 2 else "normal"})
-    table = folder / "labels.csv"
+        rows.append({"path": f"{i}.png", "label": "lesion" if i % 2 else "normal", "effusion": i % 2,
+                     "nodule": (i // 2) % 2, "a": i % 2, "b": (i // 2) % 2, "patient_id": f"P{i // 2}"})
+    table = images / "labels.csv"
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
