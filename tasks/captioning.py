@@ -37,6 +37,10 @@ METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
 
 
 class CaptioningTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_captioner",)
+    DATA_YIELDS = "captions"  # captioned images
+
     def __init__(
         self,
         model: nn.Module,

@@ -221,3 +221,6 @@ def caption_splits(
         test=CaptionDataset(test, eval_transform, draft_size=draft_size) if test else None,
         class_names=[],
     )
+
+
+caption_splits.yields = "captions"  # read by tasks/task_fit.py: captioning and pretrain take it, classifiers do not

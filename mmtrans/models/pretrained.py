@@ -140,9 +140,12 @@ def timm_model_name(source: str) -> str | None:
     if not is_weights_path(source):
         return source
     cfg_file = Path(source).parent / "config.json"
+    if not cfg_file.is_file():
+        return None
     try:
         name = json.loads(cfg_file.read_text()).get("architecture")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        warnings.warn(f"{cfg_file} does not parse ({e}); the architecture it would name is not used", stacklevel=2)
         return None
     return name if isinstance(name, str) and name else None
 
