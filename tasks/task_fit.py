@@ -58,11 +58,11 @@ def _check_data(cfg: DictConfig, task_cls: type, task_target: str) -> None:
         factory = get_method(splits._target_)
     except Exception:  # noqa: BLE001 - an unimportable target is reported by check_config itself
         return
-    if _yields(factory) == needs:
+    if _yields(factory) in (needs, "any"):
         return
     task_names = _presets("task", ("task", "_target_"), lambda t: _same(task_cls, t, get_class))
     given = _presets("data", ("splits", "_target_"), lambda t: _same(factory, t))
-    fitting = _presets("data", ("splits", "_target_"), lambda t: _yields(get_method(t)) == needs)
+    fitting = _presets("data", ("splits", "_target_"), lambda t: _yields(get_method(t)) in (needs, "any"))
     task = f"task={'|'.join(task_names)}" if task_names else f"task._target_={task_target}"
     data = f"data={'|'.join(given)}" if given else f"data.splits._target_={splits._target_}"
     raise ValueError(

@@ -311,3 +311,4 @@ def _describe(root: str) -> dict[str, Any]:
 webdataset_splits.describe = _describe  # type: ignore[attr-defined]
 
 __all__ = ["INFO_FILE", "ShardDataset", "webdataset_splits", "write_shards", "read_info"]
+webdataset_splits.yields = "any"  # read by tasks/task_fit.py: labelled or captioned shards
