@@ -29,20 +29,22 @@ class RNGStateCallback(Callback):
 
     Lightning restores weights, optimizer, scheduler and loop counters, but not the states
     of torch's (CPU and CUDA), numpy's and python's global generators. Without them a run
-    resumed from `last.ckpt` shuffles the next epoch differently (RandomSampler draws its
-    seed from torch's generator), crops and flips other images and drops other units.
+    resumed from `last.ckpt` draws other dropout masks (and anything else the training
+    process draws from them).
 
     Saving: in `state_dict()`, which Lightning calls as it writes each checkpoint. Restoring:
     in `load_state_dict()`, when `fit(ckpt_path=...)` loads the checkpoint, before the
     training loop starts. Not later, at `on_train_epoch_start`: on resume Lightning creates
-    the train loader's iterator (one draw from torch's generator) before that hook, while an
+    the train loader's iterator before that hook (a plain DataLoader's iterator draws from
+    torch's generator; the DataModule's loaders have their own), while an
     uninterrupted run creates the next epoch's iterator after it, so every draw would be off
     by one. In between, Lightning's sanity check runs inside `isolate_rng()` (as of
     pytorch-lightning 2.6) and leaves the states as they were.
 
-    Exact for checkpoints written at the end of an epoch (our `last.ckpt`) with
-    no loader workers (`data.num_workers=auto` gives none on the CPU): persistent workers keep their own generators
-    running from one epoch to the next, and those are not in the checkpoint.
+    Exact for checkpoints written at the end of an epoch (our `last.ckpt`), with or without
+    loader workers: the DataModule seeds training order and augmentation by (seed, epoch,
+    sample index) (`mmtrans.data.epoch_seeds`), not by worker generators, which persistent
+    workers keep running from one epoch to the next outside any checkpoint.
     States are stored as tensors and plain tuples of ints, which `weights_only` loading reads.
     """
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, WeightedRandomSampler
 
 from mmtrans.data.bad_images import (
     POLICIES,
@@ -21,6 +21,7 @@ from mmtrans.data.bad_images import (
     format_bad_images,
     has_files,
 )
+from mmtrans.data.epoch_seeds import EpochSampler, SeededSamples
 from mmtrans.data.preprocessing import Preprocessing, resolve_preprocessing
 from mmtrans.data.samplers import RepeatAugSampler
 from mmtrans.data.splits import Splits, class_counts, dataset_labels, describe_source, split_options
@@ -112,6 +113,10 @@ class DataModule(L.LightningDataModule):
         self.validate = validate
         self.invalid_images: list[dict[str, str]] = []  # found by validate and left out (skip)
         self._splits: Splits | None = None
+        # The seed of training order and augmentation (train.py seeds torch before building
+        # this); the same in every DDP process.
+        self.sample_seed = torch.initial_seed()
+        self._resume_epoch = 0  # the epoch of the first training loader (load_state_dict)
 
     # -- data sets --------------------------------------------------------------------------
 
@@ -227,6 +232,17 @@ class DataModule(L.LightningDataModule):
                 f"data.drop_last=true would leave no batch: lower data.batch_size or set data.drop_last=false"
             )
 
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch whose samples come next (what Lightning passes to the sampler's set_epoch
+        after restoring this checkpoint): the first loader of a resumed run is made before that."""
+        trainer = getattr(self, "trainer", None)
+        return {"sample_epoch": int(trainer.fit_loop.epoch_progress.current.processed) if trainer else 0}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = int(state_dict.get("sample_epoch", 0))
+
     # -- loaders ----------------------------------------------------------------------------
 
     def set_collate(self, collate: Callable) -> None:
@@ -279,13 +295,25 @@ class DataModule(L.LightningDataModule):
             sampler = self._weighted_sampler(dataset)
         elif train and self.repeated_aug > 1:
             # One stream; under DDP Lightning's sampler wrapper deals it out to the processes.
-            sampler = RepeatAugSampler(len(dataset), self.repeated_aug, seed=torch.initial_seed() % 2**31,
+            sampler = RepeatAugSampler(len(dataset), self.repeated_aug, seed=self.sample_seed % 2**31,
                                        num_replicas=1, rank=0, selected_round=0)
+        elif train and not stream:
+            sampler = RandomSampler(dataset)
+        if train and not stream:
+            # Order and augmentation from (seed, epoch, index), not from worker or global
+            # generators: exact resume with persistent workers (mmtrans.data.epoch_seeds).
+            sampler, dataset = EpochSampler(sampler, self.sample_seed), SeededSamples(dataset, self.sample_seed)
+            # Lightning makes the first iterator before its first set_epoch (and before it
+            # restores its loops); workers draw keys at once, so a resumed run must know its
+            # epoch already: from the checkpoint, through load_state_dict.
+            sampler.set_epoch(self._resume_epoch)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None and not stream,
             sampler=sampler,
+            # Each new iterator draws its workers' base seed from this, not from torch's global
+            # generator (a resumed run creates one more iterator than an uninterrupted one).
+            generator=None if stream else torch.Generator().manual_seed(self.sample_seed),
             drop_last=train and self.drop_last,
             num_workers=num_workers,
             pin_memory=self.pin_memory,

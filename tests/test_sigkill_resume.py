@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from test_resume import TINY, comparable, weights
 
@@ -41,9 +42,15 @@ def log_of(run_dir: Path) -> str:
     return run_dir.with_suffix(".log").read_text()[-3000:]
 
 
-def test_sigkilled_mid_epoch_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
+# Two loader workers, persistent as data.persistent_workers has them: their generators run on
+# from one epoch to the next and are in no checkpoint, so exactness must not depend on them.
+WORKERS = ["data.num_workers=2", "data.persistent_workers=true"]
+
+
+@pytest.mark.parametrize("loader", [[], WORKERS], ids=["no-workers", "two-persistent-workers"])
+def test_sigkilled_mid_epoch_run_resumes_as_if_never_stopped(tmp_path: Path, loader: list[str]) -> None:
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    ref, killed = start_train(ref_dir), start_train(run_dir, KILL_MID_EPOCH)  # in parallel
+    ref, killed = start_train(ref_dir, *loader), start_train(run_dir, *loader, KILL_MID_EPOCH)  # in parallel
     assert finish(ref) == 0, log_of(ref_dir)
     assert finish(killed) == -signal.SIGKILL, log_of(run_dir)
 
@@ -58,7 +65,7 @@ def test_sigkilled_mid_epoch_run_resumes_as_if_never_stopped(tmp_path: Path) -> 
     # What a kill in the middle of a save leaves (see the next test) does not disturb a resume.
     leftover = ckpt_dir / ".last.ckpt.0123abcd.tmp"
     leftover.write_bytes((ckpt_dir / "last.ckpt").read_bytes()[:4096])
-    resumed = start_train(tmp_path / "resume", f"resume_from={run_dir}")
+    resumed = start_train(tmp_path / "resume", *loader, f"resume_from={run_dir}")
     assert finish(resumed) == 0, log_of(tmp_path / "resume")
     ref_metrics = json.loads((ref_dir / "metrics.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
