@@ -22,6 +22,7 @@ from mmtrans.data.bad_images import (
     has_files,
 )
 from mmtrans.data.epoch_seeds import EpochSampler, SeededSamples
+from mmtrans.data.on_device import DeviceSplits
 from mmtrans.data.preprocessing import Preprocessing, resolve_preprocessing
 from mmtrans.data.samplers import RepeatAugSampler
 from mmtrans.data.splits import Splits, class_counts, dataset_labels, describe_source, split_options
@@ -43,6 +44,9 @@ class DataModule(L.LightningDataModule):
     `repeated_aug=k` serves each drawn training image k times in a row (DeiT's repeated
     augmentation, `mmtrans.data.samplers.RepeatAugSampler`), an epoch as long as the data. `augment` holds keyword arguments of
     `build_transform` for training; its `crop_pct` and `interpolation` apply to eval too.
+    `on_device=true` (sets held in memory: MedMNIST, CIFAR, shapes, medical_scans) keeps the
+    uint8 images on the accelerator and crops, flips and normalises whole batches there
+    (`mmtrans.data.on_device`; eval batches equal the CPU path's).
 
     `preprocessing` (image size, channels, resampling, crop, mean/std) is resolved once, here:
     `img_size` / `in_chans` / `mean` / `std` / `augment` as given, else what the data says
@@ -71,6 +75,7 @@ class DataModule(L.LightningDataModule):
         repeated_aug: int = 1,
         on_bad_image: str = "raise",
         validate: bool = False,
+        on_device: bool = False,
         pretrained_cfg: dict[str, Any] | None = None,
         **source: Any,
     ) -> None:
@@ -88,6 +93,8 @@ class DataModule(L.LightningDataModule):
             raise ValueError(f"data.on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
         if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
             raise ValueError(f"data.num_workers must be auto or an integer >= 0, got {num_workers!r}")
+        if not isinstance(on_device, bool):
+            raise ValueError(f"data.on_device must be true or false, got {on_device!r}")
         self.splits_factory = splits
         # Where the data lives and how to read it: the other data.* keys (root, download,
         # annotations, path, name, label_type, ...) go to the split builder; None leaves the
@@ -117,6 +124,8 @@ class DataModule(L.LightningDataModule):
         # this); the same in every DDP process.
         self.sample_seed = torch.initial_seed()
         self._resume_epoch = 0  # the epoch of the first training loader (load_state_dict)
+        self.on_device = on_device
+        self._device_splits: DeviceSplits | None = None
 
     # -- data sets --------------------------------------------------------------------------
 
@@ -130,6 +139,8 @@ class DataModule(L.LightningDataModule):
             )
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
+            if self.on_device:  # before any wrapping: it reads the sets' arrays
+                self._device_splits = DeviceSplits(splits, pp, self.augment, self.sample_seed)
             if self.validate:
                 splits = self._validated(splits)
             if self.on_bad_image == "skip":
@@ -285,6 +296,10 @@ class DataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         self._loaders_made = True
         num_workers = self.num_workers
+        if self._device_splits is not None:
+            # Indices, labels and ids only: the images are gathered on the device
+            # (on_after_batch_transfer); nothing for workers to do.
+            dataset, num_workers = self._device_splits.index(getattr(dataset, "dataset", dataset)), 0
         workers = num_workers > 0
         sampler = None
         stream = isinstance(dataset, IterableDataset)  # shuffles and splits among processes itself
@@ -302,7 +317,9 @@ class DataModule(L.LightningDataModule):
         if train and not stream:
             # Order and augmentation from (seed, epoch, index), not from worker or global
             # generators: exact resume with persistent workers (mmtrans.data.epoch_seeds).
-            sampler, dataset = EpochSampler(sampler, self.sample_seed), SeededSamples(dataset, self.sample_seed)
+            sampler = EpochSampler(sampler, self.sample_seed)
+            if self._device_splits is None:  # on the device, batches are seeded by their keys
+                dataset = SeededSamples(dataset, self.sample_seed)
             # Lightning makes the first iterator before its first set_epoch (and before it
             # restores its loops); workers draw keys at once, so a resumed run must know its
             # epoch already: from the checkpoint, through load_state_dict.
@@ -316,11 +333,22 @@ class DataModule(L.LightningDataModule):
             generator=None if stream else torch.Generator().manual_seed(self.sample_seed),
             drop_last=train and self.drop_last,
             num_workers=num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and self._device_splits is None,
             persistent_workers=self.persistent_workers and workers,
             prefetch_factor=self.prefetch_factor if workers else None,
             collate_fn=SkippingCollate(self.collate) if self.on_bad_image == "skip" else self.collate,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """data.on_device: the batch's images, gathered and augmented on its device."""
+        if self._device_splits is not None and isinstance(batch, dict) and "memory" in batch:
+            return self._device_splits.finish(batch)
+        return batch
+
+    @property
+    def on_device_possible(self) -> bool:
+        """Whether data.on_device=true would work here (the data is held in memory)."""
+        return self._splits is not None and callable(getattr(self._splits.train, "in_memory", None))
 
     def train_dataloader(self) -> DataLoader:
         self._check_train_batch()

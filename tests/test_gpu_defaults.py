@@ -28,6 +28,7 @@ def test_gpu_trainers_compose_to_the_fast_settings(trainer: str, devices: int) -
     t, d = cfg.trainer, cfg.data
     assert (t.accelerator, t.devices, t.precision, t.matmul_precision) == ("gpu", devices, "bf16-mixed", "high")
     assert (d.num_workers, d.pin_memory, d.persistent_workers, d.prefetch_factor) == ("auto", None, True, 4)
+    assert cfg.callbacks.loader_check.enabled == "auto"  # on when training on a GPU (tests/tasks/test_loader_check.py)
     check_config(cfg)  # matmul_precision is accepted though no Trainer argument
     cpu = compose_cfg("trainer=cpu").trainer
     assert (cpu.precision, cpu.matmul_precision) == ("32-true", None)

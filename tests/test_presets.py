@@ -140,6 +140,7 @@ PRESETS: dict[str, Run | Compose] = {
     "callbacks=progress_bar": Run(("classification",), mode=LIMIT, check=_callback("TQDMProgressBar")),
     "callbacks=rich": Run(("classification",), mode=LIMIT, check=_callback("RichProgressBar")),
     "callbacks=rng_state": Run(("classification",), mode=LIMIT, check=_callback("RNGStateCallback")),
+    "callbacks=loader_check": Run(("classification",), mode=LIMIT, check=_callback("LoaderCheck")),
     "callbacks=none": Run(("classification",), mode=LIMIT, expect={"callbacks": None}),
     # model: with the tasks that build it (the others refuse it: tests/test_config_check.py). At
     # tiny sizes vit_small/vit_base/image_classifier build what vit_tiny does (medical: vit_tiny's

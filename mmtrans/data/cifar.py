@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 
+from mmtrans.data.on_device import InMemory
 from mmtrans.data.splits import Splits, check_fractions, stratified_split
 from mmtrans.data.transforms import to_tensor
 
@@ -51,6 +52,10 @@ class CifarDataset(Dataset):
         image = Image.fromarray(self.data[row], "RGB")
         tensor = self.transform(image) if self.transform is not None else to_tensor(image)
         return {"image": tensor, "label": int(self.targets[row]), "id": f"{self.id_prefix}/{row}"}
+
+    def in_memory(self) -> InMemory:
+        """This subset's rows of the uint8 array (data.on_device)."""
+        return InMemory(self.data[self.indices], self.labels, [f"{self.id_prefix}/{row}" for row in self.indices])
 
 
 def _missing_files(root: Path, source: type) -> list[Path]:

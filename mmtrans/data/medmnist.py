@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmtrans.data.on_device import InMemory
 from mmtrans.data.splits import LABEL_TYPES, Splits
 
 __all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "describe_medmnist", "medmnist_file_name", "medmnist_splits"]
@@ -95,6 +96,10 @@ class MedMNISTDataset(Dataset):
         label_t = torch.from_numpy(label.copy()) if self.label_type == "multilabel" else torch.tensor(int(label))
         return {"image": self.transform(img) if self.transform else img, "label": label_t,
                 "id": f"{self.id_prefix}/{index}"}
+
+    def in_memory(self) -> InMemory:
+        """The split's uint8 array as stored (data.on_device)."""
+        return InMemory(self.images, self.labels, [f"{self.id_prefix}/{i}" for i in range(len(self))])
 
 
 def _resolve_file(path: str | None, name: str | None, root: str | None, size: int, download: bool) -> Path:

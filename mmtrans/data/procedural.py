@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmtrans.data.on_device import InMemory
+
 __all__ = ["TEST_FIRST_INDEX", "VAL_FIRST_INDEX", "ProceduralDataset", "disjoint_splits"]
 
 # Val and test live at fixed, far-away index ranges of the same seed: no image is shared
@@ -65,6 +67,14 @@ class ProceduralDataset(Dataset):
             return self.transform(Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB"))
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255))
+
+
+    def _render_all(self, name: str) -> InMemory:
+        """Every sample rendered once (``render_array``), for ``data.on_device``; ids as
+        ``__getitem__`` gives them (``<name>/<seed>/<global index>``)."""
+        rendered = [self.render_array(i) for i in range(len(self))]  # type: ignore[attr-defined]
+        return InMemory(images=np.stack([p for p, _ in rendered]), labels=np.stack([np.asarray(lb) for _, lb in rendered]),
+                        ids=[f"{name}/{self.seed}/{self._global_index(i)}" for i in range(len(self))])
 
 
 D = TypeVar("D", bound=Dataset)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmtrans.data.on_device import InMemory
 from mmtrans.data.procedural import ProceduralDataset, disjoint_splits
 from mmtrans.data.splits import Splits
 
@@ -158,6 +159,10 @@ class MedicalScansDataset(ProceduralDataset):
         pixels, label = self.render_array(index)
         image_id = f"scans/{self.seed}/{self._global_index(index)}"
         return {"image": self._to_image(pixels), "label": torch.from_numpy(label), "id": image_id}
+
+    def in_memory(self) -> InMemory:
+        """All samples as one uint8 array (data.on_device)."""
+        return self._render_all("scans")
 
 
 def medical_scans_splits(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from mmtrans.data.on_device import InMemory
 from mmtrans.data.procedural import ProceduralDataset, disjoint_splits
 from mmtrans.data.splits import Splits
 
@@ -225,6 +226,10 @@ class ShapesDataset(ProceduralDataset):
     def __getitem__(self, index: int) -> dict:
         pixels, label = self.render_array(index)
         return {"image": self._to_image(pixels), "label": label, "id": f"shapes/{self.seed}/{self._global_index(index)}"}
+
+    def in_memory(self) -> InMemory:
+        """All samples as one uint8 array (data.on_device)."""
+        return self._render_all("shapes")
 
 
 def shapes_splits(
