@@ -196,6 +196,9 @@ class DeviceSplits:
                              f"reset them or set data.on_device=false")
         eval_tf = pp.transform(train=False)
         steps = list(eval_tf.transforms)
+        tail = [type(t).__name__ for t in steps[-3:]]
+        if tail != ["ToImage", "ToDtype", "Normalize"]:  # what normalize_uint8 repeats on the device
+            raise RuntimeError(f"the eval pipeline ends with {tail}; data.on_device expects ToImage, ToDtype, Normalize")
         # Eval: the CPU path's PIL steps (channels, resize, centre crop) once, here; on the
         # device only its last three (to tensor, to float, normalise) remain.
         geometry = type(eval_tf)(steps[:-3])
