@@ -1,0 +1,159 @@
+"""CLIP / CoCa on the shared blocks: shapes, the loss against open_clip's ClipLoss, weight
+parity with a random small open_clip CLIP, and the DDP feature gather (2 processes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mmtrans.models import CoCa, ContrastiveModel, contrastive_loss, create_captioner, create_clip
+from mmtrans.models.convert_open_clip import clip_kwargs_from_open_clip, convert_open_clip
+
+open_clip = pytest.importorskip("open_clip")
+
+TINY = dict(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8, vocab_size=50,
+            text_embed_dim=32, text_depth=2, text_num_heads=2, max_len=16, joint_dim=24)
+
+
+def _tokens(batch: int, length: int, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids with an end token of id vocab-1 (OpenAI's eot is the highest id) and the pad mask."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, length + 1, (batch,), generator=g)
+    ids = torch.randint(1, vocab - 1, (batch, length), generator=g)
+    pad = torch.arange(length)[None] >= lengths[:, None]
+    ids = ids.masked_fill(pad, 0)
+    ids[torch.arange(batch), lengths - 1] = vocab - 1
+    return ids, pad
+
+
+@pytest.mark.parametrize("image_pool", ["attn", "cls", "avg"])
+def test_clip_shapes_and_normalised_embeddings(image_pool):
+    torch.manual_seed(0)
+    model = create_clip(image_pool=image_pool, **TINY).eval()
+    assert isinstance(model, ContrastiveModel) and not model.text.cross_attention
+    ids, pad = _tokens(3, 10, 50)
+    img, txt, scale = model(torch.randn(3, 3, 32, 32), ids, pad)
+    assert img.shape == txt.shape == (3, 24)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3)) and torch.allclose(txt.norm(dim=-1), torch.ones(3))
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    # Pooled at the last real token: padding after it changes nothing.
+    longer = torch.cat([ids, torch.zeros(3, 4, dtype=torch.long)], 1)
+    txt2 = model.encode_text(longer, torch.cat([pad, torch.ones(3, 4, dtype=torch.bool)], 1))
+    assert torch.allclose(txt, txt2, atol=1e-5)
+    assert {"head.logit_scale", "encoder.cls_token"} <= model.no_weight_decay()
+
+
+def test_logit_scale_is_capped_at_100():
+    model = create_clip(**TINY, init_logit_scale=math.log(500.0))
+    assert model.head.scale().item() == pytest.approx(100.0)
+
+
+def test_coca_shapes_and_caption_path():
+    torch.manual_seed(0)
+    model = create_captioner(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8,
+                             vocab_size=50, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2, max_len=16,
+                             contrastive=True, unimodal_depth=1, joint_dim=24).eval()
+    assert isinstance(model, CoCa)
+    assert not model.decoder.blocks[0].has_cross and model.decoder.blocks[1].has_cross
+    ids, pad = _tokens(2, 8, 50)
+    images = torch.randn(2, 3, 32, 32)
+    logits, img, txt = model.forward_contrastive(images, ids, pad)
+    assert logits.shape == (2, 8, 50) and img.shape == txt.shape == (2, 24)
+    # The class token is appended after the text: the captioning logits are the captioner's own.
+    assert torch.allclose(logits, model(images, ids, key_padding_mask=pad), atol=1e-5)
+    assert torch.allclose(txt, model.encode_text(ids, pad), atol=1e-6)
+    # Generation on the KV cache skips the text-only block's (absent) cross-attention cache.
+    from mmtrans.generation import greedy_search
+
+    ids_out = greedy_search(model.decoder, model.encode(images), 1, 2, max_new_tokens=4)
+    assert len(ids_out) == 2
+    with pytest.raises(ValueError, match="unimodal_depth"):
+        create_captioner(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8,
+                         vocab_size=50, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2,
+                         contrastive=True, unimodal_depth=2)
+
+
+def test_contrastive_loss_equals_open_clip_clip_loss():
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    scale = torch.tensor(14.3)
+    ours = contrastive_loss(img, txt, scale)
+    assert ours.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), abs=1e-6)
+
+
+def test_parity_with_a_random_small_open_clip_clip():
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    ref = open_clip.CLIP(
+        embed_dim=64, vision_cfg=CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=16, vocab_size=100, width=32, heads=2, layers=2),
+    ).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so that a wrong mapping shows
+        for name, p in ref.named_parameters():
+            if name.endswith(("bias", "ln_pre.weight", "ln_post.weight", "ln_final.weight")) or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    sd = ref.state_dict()
+    kwargs = clip_kwargs_from_open_clip(sd, vision_heads=ref.visual.transformer.resblocks[0].attn.num_heads,
+                                        text_heads=2)
+    model = create_clip(**kwargs).eval()
+    model.load_state_dict(convert_open_clip(sd))
+    images = torch.randn(3, 3, 32, 32)
+    ids, pad = _tokens(3, 16, 100, seed=1)
+    with torch.no_grad():
+        assert (model.encode_image(images) - ref.encode_image(images, normalize=True)).abs().max() < 1e-4
+        assert (model.encode_text(ids, pad) - ref.encode_text(ids, normalize=True)).abs().max() < 1e-4
+        assert model.head.scale().item() == pytest.approx(ref.logit_scale.exp().item())
+    # Through a local file, as create_clip(pretrained=...) reads released weights offline.
+    assert kwargs["pre_norm"] and kwargs["image_pool"] == "cls"
+
+
+def test_converter_refuses_other_state_dicts():
+    with pytest.raises(ValueError, match="not an open_clip CLIP state dict"):
+        clip_kwargs_from_open_clip({"conv1.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unexpected open_clip key"):
+        convert_open_clip({"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1),
+                           "visual.whatever": torch.zeros(1)})
+
+
+def _ddp_worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tensor, out: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    n = len(img) // world
+    mine_img = img[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    mine_txt = txt[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    loss = contrastive_loss(mine_img, mine_txt, torch.tensor(10.0))
+    loss.backward()
+    # DDP averages gradients over processes: the average of these is the whole-batch gradient.
+    out[rank] = (loss.item(), mine_img.grad.clone(), mine_txt.grad.clone())
+    dist.destroy_process_group()
+
+
+def test_ddp_gather_gives_the_whole_batch_loss_and_gradients():
+    import socket
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_ddp_worker, args=(2, port, img, txt, out), nprocs=2, start_method="spawn")
+        out = dict(out)
+    whole_img, whole_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+    whole = contrastive_loss(whole_img, whole_txt, torch.tensor(10.0), gather=False)
+    whole.backward()
+    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(whole.item(), abs=1e-6)
+    grad_img = torch.cat([out[0][1], out[1][1]]) / 2  # DDP's average over the 2 processes
+    grad_txt = torch.cat([out[0][2], out[1][2]]) / 2
+    assert torch.allclose(grad_img, whole_img.grad, atol=1e-6) and torch.allclose(grad_txt, whole_txt.grad, atol=1e-6)
