@@ -1,5 +1,5 @@
-"""CLIP / CoCa on the shared blocks: shapes, the loss against open_clip's ClipLoss, weight
-parity with a random small open_clip CLIP, and the DDP feature gather (2 processes)."""
+"""CLIP / CoCa on the shared blocks: shapes, the loss against open_clip's ClipLoss and weight
+parity with a random small open_clip CLIP (the DDP gather: test_clip_ddp.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from mmtrans.models import CoCa, ContrastiveModel, contrastive_loss, create_captioner, create_clip
 from mmtrans.models.convert_open_clip import clip_kwargs_from_open_clip, convert_open_clip
@@ -120,40 +119,3 @@ def test_converter_refuses_other_state_dicts():
     with pytest.raises(ValueError, match="unexpected open_clip key"):
         convert_open_clip({"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1),
                            "visual.whatever": torch.zeros(1)})
-
-
-def _ddp_worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tensor, out: dict) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    n = len(img) // world
-    mine_img = img[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-    mine_txt = txt[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-    loss = contrastive_loss(mine_img, mine_txt, torch.tensor(10.0))
-    loss.backward()
-    # DDP averages gradients over processes: the average of these is the whole-batch gradient.
-    out[rank] = (loss.item(), mine_img.grad.clone(), mine_txt.grad.clone())
-    dist.destroy_process_group()
-
-
-def test_ddp_gather_gives_the_whole_batch_loss_and_gradients():
-    import socket
-
-    g = torch.Generator().manual_seed(0)
-    img = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
-    txt = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        out = manager.dict()
-        mp.start_processes(_ddp_worker, args=(2, port, img, txt, out), nprocs=2, start_method="spawn")
-        out = dict(out)
-    whole_img, whole_txt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
-    whole = contrastive_loss(whole_img, whole_txt, torch.tensor(10.0), gather=False)
-    whole.backward()
-    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(whole.item(), abs=1e-6)
-    grad_img = torch.cat([out[0][1], out[1][1]]) / 2  # DDP's average over the 2 processes
-    grad_txt = torch.cat([out[0][2], out[1][2]]) / 2
-    assert torch.allclose(grad_img, whole_img.grad, atol=1e-6) and torch.allclose(grad_txt, whole_txt.grad, atol=1e-6)
