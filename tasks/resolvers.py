@@ -31,10 +31,10 @@ def _recorded_preprocessing(path: str) -> dict[str, Any]:
 def ckpt_preprocessing(path: str | None, key: str) -> Any:
     """``${ckpt_preprocessing:${ckpt_path},img_size}``: what a task checkpoint recorded about its
     input (``img_size``, ``in_chans``, ``mean``, ``std``, ``crop_pct``, ``interpolation``), so that
-    another data set is fed to that model the way it was trained (task=zeroshot)."""
-    if not path:
-        raise ValueError("this task takes the model and its input size from a checkpoint: give ckpt_path=<run>/"
-                         "checkpoints/last.ckpt (a task=retrieval run, or a CoCa captioning run)")
+    another data set is fed to that model the way it was trained (task=zeroshot). None without
+    a checkpoint."""
+    if not path:  # null: the data decides; the task then asks for its checkpoint (task=zeroshot)
+        return None
     recorded = _recorded_preprocessing(str(path))
     if key not in recorded:
         raise ValueError(f"checkpoint {path} records no preprocessing {key!r} (written by an older mmtrans?)")
