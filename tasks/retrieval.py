@@ -33,12 +33,22 @@ from tasks.schedule import warmup_cosine_config
 __all__ = ["RetrievalTask", "build_tokenizer", "sample_captions"]
 
 
-def sample_captions(batch: dict[str, Any]) -> list[str]:
-    """One caption per image: the pair's (``caption``), or a random one of its references
-    (``captions``; torch's generator, so seeded runs repeat)."""
+def sample_captions(batch: dict[str, Any], k: int = 1) -> list[str]:
+    """``k`` captions per image, image-major: the pair's (``caption``, k must be 1), or ``k`` of
+    its references drawn at random (``captions``; without replacement while there are enough;
+    torch's generator, so seeded runs repeat)."""
     if "caption" in batch:
+        if k != 1:
+            raise ValueError(f"task.captions_per_image={k} needs every reference of an image in a batch: "
+                             "set data.train_mode=images")
         return list(batch["caption"])
-    return [refs[int(torch.randint(len(refs), ()))] for refs in batch["captions"]]
+    out = []
+    for refs in batch["captions"]:
+        order = torch.randperm(len(refs)).tolist()
+        while len(order) < k:  # fewer references than k: repeat some
+            order += torch.randperm(len(refs)).tolist()
+        out += [refs[i] for i in order[:k]]
+    return out
 
 
 def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptionTokenizer:
@@ -67,13 +77,16 @@ class RetrievalTask(L.LightningModule):
         min_lr_ratio: float = 0.01,
         max_len: int = 32,
         top_k: int = 5,
+        captions_per_image: int = 1,
     ) -> None:
         """``model``: anything with ``encode_image``, ``encode_text(tokens, key_padding_mask)``
         and ``head.scale()`` (``ContrastiveModel``). ``top_k``: candidates per query in
-        retrieval.json."""
+        retrieval.json. ``captions_per_image``: references of each image per training step (1:
+        CLIP; more: each image is trained against several of its captions at once, the
+        multi-positive loss of ``contrastive_loss``)."""
         super().__init__()
-        if top_k < 1:
-            raise ValueError(f"task.top_k must be >= 1, got {top_k}")
+        if top_k < 1 or captions_per_image < 1:
+            raise ValueError(f"task.top_k and task.captions_per_image must be >= 1, got {top_k}, {captions_per_image}")
         self.save_hyperparameters(ignore=["model", "tokenizer"])
         self.model = model
         self.tokenizer = tokenizer
@@ -87,9 +100,10 @@ class RetrievalTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"]
         image_emb = self.model.encode_image(images)
-        text_emb = self.encode_text(sample_captions(batch))
+        k = self.hparams.captions_per_image
+        text_emb = self.encode_text(sample_captions(batch, k))
         scale = self.model.head.scale()
-        loss = contrastive_loss(image_emb, text_emb, scale)
+        loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(images))
         return loss

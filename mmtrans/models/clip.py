@@ -248,18 +248,33 @@ def gather_features(x: Tensor) -> Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
-def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
+def contrastive_loss(
+    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, texts_per_image: int = 1
+) -> Tensor:
     """CLIP's symmetric cross-entropy: image i's text is text i and the other texts of the
     batch are its negatives (and the other way round); ``logit_scale`` is ``exp`` already.
+
+    ``texts_per_image`` = k > 1: ``text_emb`` holds k captions per image, image-major (image i's
+    at rows ``i*k .. i*k+k-1``); an image's target spreads evenly over its k captions (the
+    multi-positive form), each caption's target is its image. k = 1 is CLIP's loss exactly.
 
     Under DDP (``gather``) each process scores its own rows against the texts/images of all
     processes (open_clip's ``local_loss=True, gather_with_grad=True``): the mean over processes,
     which DDP's gradient averaging takes, is the loss of one process holding the whole batch.
     """
+    n, k = len(image_emb), texts_per_image
+    if len(text_emb) != n * k:
+        raise ValueError(f"{len(text_emb)} text embeddings for {n} images x texts_per_image={k}")
     all_images, all_texts = (gather_features(image_emb), gather_features(text_emb)) if gather else (image_emb, text_emb)
-    n = len(image_emb)
     offset = dist.get_rank() * n if all_images.shape[0] > n else 0
-    labels = torch.arange(offset, offset + n, device=image_emb.device)
+    images = torch.arange(offset, offset + n, device=image_emb.device)
     logits_per_image = logit_scale * image_emb @ all_texts.T
     logits_per_text = logit_scale * text_emb @ all_images.T
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    if k == 1:
+        loss_images = F.cross_entropy(logits_per_image, images)
+    else:
+        target = torch.zeros_like(logits_per_image)
+        columns = images[:, None] * k + torch.arange(k, device=image_emb.device)
+        target.scatter_(1, columns, 1.0 / k)
+        loss_images = F.cross_entropy(logits_per_image, target)
+    return (loss_images + F.cross_entropy(logits_per_text, images.repeat_interleave(k))) / 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmtrans.models import CoCa, ContrastiveModel, contrastive_loss, create_captioner, create_clip
-from mmtrans.models.convert_open_clip import clip_kwargs_from_open_clip, convert_open_clip
+from mmtrans.models.convert_open_clip import OPENAI_CLIP_MEAN, clip_kwargs_from_open_clip, convert_open_clip
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -86,31 +86,57 @@ def test_contrastive_loss_equals_open_clip_clip_loss():
     assert ours.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), abs=1e-6)
 
 
-def test_parity_with_a_random_small_open_clip_clip():
+def test_multi_positive_loss():
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)  # 2 captions per image
+    logits = 5.0 * img @ txt.T
+    i2t = -(logits.log_softmax(1).view(3, 3, 2)[torch.arange(3), torch.arange(3)]).mean(1)  # mean over own captions
+    t2i = torch.nn.functional.cross_entropy(logits.T, torch.arange(3).repeat_interleave(2))
+    expected = (i2t.mean() + t2i) / 2
+    assert contrastive_loss(img, txt, torch.tensor(5.0), texts_per_image=2).item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="texts_per_image=2"):
+        contrastive_loss(img, txt[:5], torch.tensor(5.0), texts_per_image=2)
+
+
+def test_parity_with_a_random_small_open_clip_clip(tmp_path):
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
+    # Heads as open_clip's released configs have them (width / 64), so the file alone says all.
     ref = open_clip.CLIP(
         embed_dim=64, vision_cfg=CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=16, vocab_size=100, width=32, heads=2, layers=2),
+        text_cfg=CLIPTextCfg(context_length=16, vocab_size=100, width=128, heads=2, layers=2),
     ).eval()
     with torch.no_grad():  # non-trivial norms and biases, so that a wrong mapping shows
         for name, p in ref.named_parameters():
-            if name.endswith(("bias", "ln_pre.weight", "ln_post.weight", "ln_final.weight")) or ".ln_" in name:
+            if name.endswith("bias") or ".ln_" in name or name.startswith(("ln_", "visual.ln_")):
                 p.add_(torch.randn_like(p) * 0.1)
-    sd = ref.state_dict()
-    kwargs = clip_kwargs_from_open_clip(sd, vision_heads=ref.visual.transformer.resblocks[0].attn.num_heads,
-                                        text_heads=2)
-    model = create_clip(**kwargs).eval()
-    model.load_state_dict(convert_open_clip(sd))
+    path = tmp_path / "open_clip.pt"
+    torch.save(ref.state_dict(), path)
+    model = create_clip(pretrained=str(path), img_size=32).eval()  # read without importing open_clip
+    assert model.arch["pre_norm"] and model.arch["image_pool"] == "cls" and model.arch["text_num_heads"] == 2
     images = torch.randn(3, 3, 32, 32)
     ids, pad = _tokens(3, 16, 100, seed=1)
     with torch.no_grad():
         assert (model.encode_image(images) - ref.encode_image(images, normalize=True)).abs().max() < 1e-4
         assert (model.encode_text(ids, pad) - ref.encode_text(ids, normalize=True)).abs().max() < 1e-4
         assert model.head.scale().item() == pytest.approx(ref.logit_scale.exp().item())
-    # Through a local file, as create_clip(pretrained=...) reads released weights offline.
-    assert kwargs["pre_norm"] and kwargs["image_pool"] == "cls"
+    assert model.encoder.pretrained_cfg["mean"] == OPENAI_CLIP_MEAN
+    # The same architecture read by hand, and the weights at another image size (table resampled).
+    assert clip_kwargs_from_open_clip(ref.state_dict())["depth"] == 2
+    assert create_clip(pretrained=str(path), img_size=48).encoder.pos_embed.shape == (1, 1 + 36, 64)
+
+
+def test_open_clip_by_name_offline_gives_the_local_file_route(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(RuntimeError, match="Without network access.*model.pretrained=/path/to/clip.pt"):
+        create_clip(pretrained="ViT-B-32", pretrained_tag="openai")
+    with pytest.raises(ValueError, match="neither a weights file nor an open_clip model name"):
+        create_clip(pretrained="no-such-clip")
 
 
 def test_converter_refuses_other_state_dicts():
