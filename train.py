@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             f"no value given for {', '.join(missing)}: set it on the command line ({missing[0]}=...)"
         )
     check_config(cfg)  # unknown keys, wrong types: now, not after the data is read
+    _check_accelerator(cfg.trainer)  # trainer=gpu without CUDA: one line now, not a traceback later
     if cfg.resume_from:
         cfg = _continue_run(cfg)
     if not cfg.train and not cfg.ckpt_path:
@@ -57,6 +58,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)  # unwritable or full: say so now, before the data is read
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("matmul_precision") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)  # "high": TF32 tensor cores
 
     # One way: config + the encoder's pretrained config -> preprocessing (resolved in the
     # DataModule, once) -> data sets -> model (each task builds it from the data: size,
@@ -76,8 +79,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     if getattr(datamodule, "on_bad_image", "raise") == "skip":
         callbacks.append(BadImageReport())  # counts and lists what the policy leaves out
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args.pop("matmul_precision", None)  # applied above; not a Trainer argument
     trainer: L.Trainer = instantiate(
-        cfg.trainer,
+        trainer_args,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
@@ -119,6 +124,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print(_summary(cfg, metrics, output_dir))
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "task": task, "trainer": trainer}
     return metrics, objects
+
+
+def _check_accelerator(trainer_cfg: DictConfig) -> None:
+    """A GPU asked for (trainer=gpu|ddp|fsdp) where torch sees none: say so in one line."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}): use trainer=cpu (or trainer=ddp_cpu) on this machine"
+        )
 
 
 def _continue_run(cfg: DictConfig) -> DictConfig:

@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.nn.attention import Attention  # noqa: E402
 
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -163,6 +164,8 @@ def main() -> None:
         f"{'phase':<17} {'L':>5} {'fused ms':>24} {'explicit ms':>24} {'fused/expl':>10} "
         f"{'fused MiB':>10} {'expl MiB':>10} {'[B,H,L,L]':>10}"
     )
+    numbers = Numbers()
+    numbers.add("max_output_diff", max_diff)
     ratios: dict[str, dict[int, float]] = {}
     for phase in phases:
         ratios[phase] = {}
@@ -172,6 +175,10 @@ def main() -> None:
                 p: f"{med[p]:.2f} ({min(t) * 1e3:.2f}-{max(t) * 1e3:.2f})" for p, t in res["time"].items()
             }
             ratios[phase][L] = med["fused"] / med["explicit"]
+            for p, t in res["time"].items():
+                numbers.spread(f"{phase}/L{L}/{p}_ms", t, 1e3)
+                numbers.add(f"{phase}/L{L}/{p}_mib", res["mem"][p] / MIB)
+            numbers.add(f"{phase}/L{L}/fused_over_explicit", ratios[phase][L])
             matrix = args.batch * args.heads * L * L * elem / MIB
             print(
                 f"{phase:<17} {L:>5} {span['fused']:>24} {span['explicit']:>24} {ratios[phase][L]:>10.3f} "
@@ -182,6 +189,7 @@ def main() -> None:
         if len(lengths) > 1:
             for path in PATHS:
                 k = slope(lengths, [results[phase][L]["mem"][path] for L in lengths])
+                numbers.add(f"{phase}/{path}_memory_exponent", k)
                 print(
                     f"{phase}: {path} peak memory grows ~ L^{k:.2f} ({growth_word(k)}) over L {lengths[0]}..{lengths[-1]}"
                 )
@@ -202,10 +210,11 @@ def main() -> None:
     for phase in phases:
         mem = results[phase][top]["mem"]
         tag = "forward" if phase == "forward" else "backward"
-        print(f"RATIO bench_attention_{tag}_memory {mem['fused'] / max(mem['explicit'], 1):.3f}")
+        numbers.ratio(f"bench_attention_{tag}_memory", mem["fused"] / max(mem["explicit"], 1))
     if args.backward:
-        print(f"RATIO bench_attention_backward {ratios['forward+backward'][top]:.3f}")
-    print(f"RATIO bench_attention {ratios['forward'][top]:.3f}")
+        numbers.ratio("bench_attention_backward", ratios["forward+backward"][top])
+    numbers.ratio("bench_attention", ratios["forward"][top])
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere in a checkout
 
-from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import caption_images  # noqa: E402
 from mmtrans.text import CaptionTokenizer  # noqa: E402
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -88,9 +89,12 @@ def main() -> None:
     cfg = compose_config(args.base)
     tokenizer = train_tokenizer(cfg.task.tokenizer.vocab_size)
     torch.manual_seed(0)
-    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, _convert_="all").to(device).eval()
+    # The task builds the model for the data's resolved size and channels; both configs set the
+    # size, and captioning images are RGB (in_chans null: from the data, which is RGB here).
+    img, chans = cfg.data.img_size, cfg.data.in_chans or 3
+    model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=img, in_chans=chans,
+                        _convert_="all").to(device).eval()
     n_new = args.max_new_tokens or cfg.task.generation.max_new_tokens
-    img, chans = cfg.data.img_size, cfg.data.in_chans
     images = torch.randn(args.batch, chans, img, img, generator=torch.Generator().manual_seed(1)).to(device)
 
     def run(num_beams: int) -> Callable[[], list[str]]:
@@ -117,12 +121,17 @@ def main() -> None:
           f"median of {args.repeats} (min-max); no reference library")
     print(f"{'search':<12} {'ms per batch':>26} {'images/s':>10} {'x greedy':>9}")
     med = {who: statistics.median(ts) for who, ts in times.items()}
+    numbers = Numbers()
     for who, ts in times.items():
+        key = who.replace(" ", "_")
+        numbers.spread(f"{key}_ms", ts, 1e3)
+        numbers.add(f"{key}_images_per_s", args.batch / med[who])
         span = f"{med[who] * 1e3:.1f} ({min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f})"
         print(f"{who:<12} {span:>26} {args.batch / med[who]:>10.1f} {med[who] / med['greedy']:>9.3f}")
     beam, greedy, enc = med[f"beam {args.beams}"], med["greedy"], med["encode only"]
-    print(f"RATIO bench_captioning_decode {(beam - enc) / (greedy - enc):.3f}")
-    print(f"RATIO bench_captioning {beam / greedy:.3f}")
+    numbers.ratio("bench_captioning_decode", (beam - enc) / (greedy - enc))
+    numbers.ratio("bench_captioning", beam / greedy)
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, interleaved  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.data.image_folder import image_folder_splits  # noqa: E402
 from mmtrans.data.transforms import build_transform  # noqa: E402
@@ -132,6 +132,7 @@ def main() -> None:
     # process, and 2 threads on 2 busy cores made each small tensor op wait on the other thread:
     # ~10x slower per image (38 vs 4 ms) for both pipelines alike.
     parser.add_argument("--threads", type=int, default=1)
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     worker_counts = [int(v) for v in args.workers.split(",")]
@@ -181,18 +182,22 @@ def main() -> None:
         print(f"batch from {who:<12}: image {list(shape)} {dtype}, label {label_dtype}")
     print(f"same shape and dtype: {same}")
     print(f"{'workers':>7} {'ours images/s':>22} {'torchvision images/s':>22} {'ours/tv':>8}")
+    numbers = Numbers()
     ratios = {}
     for workers, rates in results.items():
         med = {w: statistics.median(v) for w, v in rates.items()}
         span = {w: f"{med[w]:.1f} ({min(v):.1f}-{max(v):.1f})" for w, v in rates.items()}
         ratios[workers] = med["ours"] / med["torchvision"]
+        for w, v in rates.items():
+            numbers.spread(f"workers{workers}/{w}_images_per_s", v)
         print(f"{workers:>7} {span['ours']:>22} {span['torchvision']:>22} {ratios[workers]:>8.3f}")
     if not same:
         print("WARNING: the two pipelines give batches of different shape or dtype")
     for workers in worker_counts:
         if workers != worker_counts[0]:
-            print(f"RATIO bench_data_workers{workers} {ratios[workers]:.3f}")
-    print(f"RATIO bench_data {ratios[worker_counts[0]]:.3f}")
+            numbers.ratio(f"bench_data_workers{workers}", ratios[workers])
+    numbers.ratio("bench_data", ratios[worker_counts[0]])
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import greedy_search  # noqa: E402
 from mmtrans.models import TextDecoder, convert_gpt2, decoder_kwargs_from_gpt2  # noqa: E402
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    add_json_flag(parser)
     args = parser.parse_args()
     for name, value in (FULL if args.full else REDUCED).items():
         if getattr(args, name) is None:
@@ -138,29 +139,33 @@ def main() -> None:
           f"transformers {transformers.__version__}; median of {args.repeats} (min-max); "
           f"max |logit diff| {diff:.1e}; generated tokens identical")
     print(f"{'batch':<16} {'ours tok/s':>22} {'HF tok/s':>22} {'ours/HF':>8}")
+    numbers = Numbers()
+    numbers.add("max_logit_diff", diff)
     ratios = {}
 
-    def rate(batch: int, ts: list[float]) -> tuple[float, str]:
+    def rate(batch: int, ts: list[float], who: str) -> tuple[float, str]:
         n = batch * n_new
         med = n / statistics.median(ts)
+        numbers.spread(f"batch{batch}/{who}_tok_s", [n / t for t in ts])
         return med, f"{med:.1f} ({n / max(ts):.1f}-{n / min(ts):.1f})"
 
     for batch, times in results.items():
-        (o, o_s), (h, h_s) = rate(batch, times["ours"]), rate(batch, times["hf"])
+        (o, o_s), (h, h_s) = rate(batch, times["ours"], "ours"), rate(batch, times["hf"], "hf")
         ratios[batch] = o / h
         print(f"{batch:<16} {o_s:>22} {h_s:>22} {ratios[batch]:>8.3f}")
     speedup = None
     if 1 in results:
-        (c, _), (u, u_s) = rate(1, results[1]["ours"]), rate(1, results[1]["ours, no cache"])
+        (c, _), (u, u_s) = rate(1, results[1]["ours"], "ours"), rate(1, results[1]["ours, no cache"], "ours_no_cache")
         speedup = c / u
         print(f"{'1, ours no cache':<16} {u_s:>22} {'':>22} {'':>8}   cached/uncached {speedup:.2f}x")
     head = 1 if 1 in ratios else batches[0]  # the headline is batch 1 (the first batch if 1 is not run)
     for batch in batches:
         if batch != head:
-            print(f"RATIO bench_decoder_batch{batch} {ratios[batch]:.3f}")
+            numbers.ratio(f"bench_decoder_batch{batch}", ratios[batch])
     if speedup is not None:
-        print(f"RATIO bench_decoder_cache_speedup {speedup:.3f}")
-    print(f"RATIO bench_decoder {ratios[head]:.3f}")
+        numbers.ratio("bench_decoder_cache_speedup", speedup)
+    numbers.ratio("bench_decoder", ratios[head])
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

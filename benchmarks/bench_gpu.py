@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.generation import greedy_search  # noqa: E402
 from mmtrans.models import (  # noqa: E402
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    add_json_flag(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -120,12 +121,17 @@ def main() -> None:
           f"bf16 autocast, compile {'off' if args.no_compile or device.type != 'cuda' else 'on'}, "
           f"peak {peak or 'n/a'} TFLOP/s ({peak_source})")
     print(f"{'model':<6} {'step ms':>10} {'images/s':>10} {'TFLOP/s':>9} {'MFU':>7}")
+    numbers = Numbers()
     speed = {}
     for who, t in times.items():
         med = statistics.median(t)
         speed[who] = args.batch / med
         achieved = flops / med / 1e12
         mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"
+        numbers.add(f"{who}_step_ms", med * 1e3)
+        numbers.add(f"{who}_images_per_s", speed[who])
+        numbers.add(f"{who}_tflops", achieved)
+        numbers.add(f"{who}_mfu_percent", 100 * achieved / peak if peak else None)
         print(f"{who:<6} {med * 1e3:>10.1f} {speed[who]:>10.1f} {achieved:>9.2f} {mfu:>7}")
 
     # Decode: greedy captions with the base captioner (tiny with --tiny), fixed length.
@@ -144,9 +150,10 @@ def main() -> None:
     dt = statistics.median(time_steps(decode, device, 1, 3))
     print(f"captioning greedy decode: batch {args.decode_batch}, {args.decode_tokens} tokens, "
           f"{args.decode_batch * args.decode_tokens / dt:.0f} tokens/s")
-    print(f"RATIO bench_gpu_mfu_ours {flops / statistics.median(times['ours']) / 1e12 / peak:.3f}" if peak else
-          "RATIO bench_gpu_mfu_ours n/a")
-    print(f"RATIO bench_gpu {speed['ours'] / speed['timm']:.3f}")
+    numbers.add("decode_tokens_per_s", args.decode_batch * args.decode_tokens / dt)
+    numbers.ratio("bench_gpu_mfu_ours", flops / statistics.median(times["ours"]) / 1e12 / peak if peak else None)
+    numbers.ratio("bench_gpu", speed["ours"] / speed["timm"])
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

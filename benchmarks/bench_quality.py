@@ -12,9 +12,9 @@ number of epochs (--epochs, default: the recipe's) and seeds. Models are chosen 
 last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`.
 
 **captioning**: Flickr8k 1k (`data=caption_table`) from scratch for --caption-epochs, against MAE
-pretraining on the same training images followed by captioning with that encoder, the
-pretraining's epochs taken out of the captioning's so that both spend about the same CPU time
-(wall times are printed beside the scores). Prints BLEU-4 / CIDEr-D of both and
+pretraining on the same training images (--pretrain-epochs) followed by captioning with that
+encoder for the captioning epochs that the pretraining's time leaves (at the scratch run's cost
+per epoch), so that both spend about the same CPU time (wall times printed beside the scores). Prints BLEU-4 / CIDEr-D of both and
 `RATIO cider_mae_over_scratch`.
 
 Each run is `train.py` in a subprocess with its own run folder under --out; `--jobs 2` runs two
@@ -40,8 +40,16 @@ TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_
 
 
 def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
-    """One train.py run; its metrics.json plus the wall time of the whole process."""
+    """One train.py run; its metrics.json plus the wall time of the whole process. A run whose
+    folder already holds a finished run (its metrics.json, e.g. of an interrupted benchmark given
+    the same --out) is read back, not run again."""
     run_dir = out / name
+    done = run_dir / "process.json"
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        took = json.loads(done.read_text())["process_s"] if done.is_file() else metrics["wall_time_s"]
+        print(f"  {name}: finished earlier in {run_dir} ({took:.0f} s), read back", flush=True)
+        return {**metrics, "process_s": took}
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv",
            "callbacks.progress_bar.refresh_rate=0"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -51,14 +59,15 @@ def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    done.write_text(json.dumps({"process_s": took, "command": cmd}) + "\n")
     print(f"  {name}: {took:.0f} s, " + ", ".join(
         f"{k} {metrics[k]:.4f}" for k in ("val/auc_best", "test/auc", "test/acc", "val/cider_best", "test/bleu4",
                                           "test/cider") if k in metrics), flush=True)
     return {**metrics, "process_s": took}
 
 
-def run_all(jobs: dict[str, list[str]], out: Path, parallel: int) -> dict[str, dict]:
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+def run_all(jobs: dict[str, list[str]], out: Path, parallel: int, threads: int | None = None) -> dict[str, dict]:
+    threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
         futures = {name: pool.submit(run, name, overrides, out, threads) for name, overrides in jobs.items()}
         return {name: f.result() for name, f in futures.items()}
@@ -71,11 +80,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def medmnist(args: argparse.Namespace) -> dict[str, float]:
     data = ["task=medical", "data=medmnist", f"data.path={args.data}", "task.num_heatmaps=0"]
     epochs = [f"trainer.max_epochs={args.epochs}"] if args.epochs else []
-    models = {"vit": [], "resnet18": ["model=resnet18"]}
+    models = {m: extra for m, extra in {"vit": [], "resnet18": ["model=resnet18"]}.items() if m in args.models}
     jobs = {f"{m}_seed{s}": [*data, *extra, *epochs, f"seed={s}", *(TINY if args.tiny else [])]
             for s in args.seeds for m, extra in models.items()}
     print(f"BreastMNIST-style quality run: {args.data}, seeds {args.seeds}, {args.jobs} at a time")
-    results = run_all(jobs, args.out, args.jobs)
+    results = run_all(jobs, args.out, args.jobs, args.threads)
     summary: dict[str, float] = {}
     for m in models:
         for key in ("test/auc", "test/acc", "process_s"):
@@ -84,10 +93,11 @@ def medmnist(args: argparse.Namespace) -> dict[str, float]:
         print(f"{m:>9}: test AUC {summary[f'{m}/auc_mean']:.3f} ± {summary[f'{m}/auc_std']:.3f}, "
               f"ACC {summary[f'{m}/acc_mean']:.3f} ± {summary[f'{m}/acc_std']:.3f} "
               f"({len(args.seeds)} seeds, {summary[f'{m}/process_s_mean']:.0f} s per run)")
-    summary["auc_vit_over_resnet18"] = summary["vit/auc_mean"] / summary["resnet18/auc_mean"]
     for name, metrics in results.items():
         summary.update({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, float)})
-    print(f"RATIO auc_vit_over_resnet18 {summary['auc_vit_over_resnet18']:.3f}")
+    if len(models) == 2:
+        summary["auc_vit_over_resnet18"] = summary["vit/auc_mean"] / summary["resnet18/auc_mean"]
+        print(f"RATIO auc_vit_over_resnet18 {summary['auc_vit_over_resnet18']:.3f}")
     return summary
 
 
@@ -96,15 +106,19 @@ def captioning(args: argparse.Namespace) -> dict[str, float]:
     data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
     tiny = TINY[:-1] if args.tiny else []
     total, pre = args.caption_epochs, args.pretrain_epochs
-    scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, 2)
-    pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, 2)
+    scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, args.threads or 2)
+    pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, args.threads or 2)
     ckpt = args.out / "mae_pretrain" / "checkpoints" / "last.ckpt"
-    rest = max(1, total - pre) if not args.tiny else 1
+    # The same total time: the pretraining's time is taken out of the captioning's epochs, at
+    # the scratch run's cost per epoch.
+    per_epoch = scratch["process_s"] / total
+    rest = 1 if args.tiny else max(1, total - round(pretrain["process_s"] / per_epoch))
     tuned = run("caption_mae", ["task=captioning", *data, f"model.encoder_pretrained={ckpt}",
-                                f"trainer.max_epochs={rest}", *tiny], args.out, 2)
+                                f"trainer.max_epochs={rest}", *tiny], args.out, args.threads or 2)
     summary = {f"scratch/{k}": v for k, v in scratch.items() if isinstance(v, float)}
     summary.update({f"mae/{k}": v for k, v in tuned.items() if isinstance(v, float)})
     summary["mae/pretrain_process_s"] = pretrain["process_s"]
+    summary["mae/caption_epochs"] = float(rest)
     summary["mae/total_process_s"] = pretrain["process_s"] + tuned["process_s"]
     for name, m, took in (("scratch", scratch, scratch["process_s"]), ("mae", tuned, summary["mae/total_process_s"])):
         print(f"{name:>8}: test BLEU-4 {m['test/bleu4']:.3f}, CIDEr-D {m['test/cider']:.3f} ({took:.0f} s in all)")
@@ -121,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=60, help="both models (the recipe's 60)")
     ap.add_argument("--flickr", default=str(SHARED / "flickr8k_1k"), help="images/ + captions.txt")
     ap.add_argument("--caption-epochs", type=int, default=12, help="captioning from scratch")
-    ap.add_argument("--pretrain-epochs", type=int, default=4, help="MAE epochs, taken out of the captioning's")
+    ap.add_argument("--pretrain-epochs", type=int, default=30, help="MAE epochs; their time comes out of the captioning's")
+    ap.add_argument("--models", type=lambda s: s.split(","), default=["vit", "resnet18"], help="medmnist: vit,resnet18")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     ap.add_argument("--tiny", action="store_true", help="a few batches per run: checks the script, measures nothing")

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a checkout
 
-from timing import interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import Numbers, add_json_flag, interleaved, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from mmtrans.models import ImageClassifier, VisionTransformer, convert_timm_vit, vit_kwargs_from_timm  # noqa: E402
 
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    add_json_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -75,14 +76,19 @@ def main() -> None:
     print(f"{args.model}, batch {args.batch}, 224 px, {device}, {args.threads} threads, "
           f"median of {args.repeats} (min-max), max |logit diff| {diff:.1e}")
     print(f"{'phase':<18} {'ours ms':>22} {'timm ms':>22} {'ours/timm':>10}")
+    numbers = Numbers()
+    numbers.add("max_logit_diff", diff)
     ratios = {}
     for phase, times in results.items():
         med = {w: statistics.median(t) * 1e3 for w, t in times.items()}
         span = {w: f"{med[w]:.1f} ({min(t) * 1e3:.1f}-{max(t) * 1e3:.1f})" for w, t in times.items()}
         ratios[phase] = med["ours"] / med["timm"]
+        for w, t in times.items():
+            numbers.spread(f"{phase}/{w}_ms", t, 1e3)
         print(f"{phase:<18} {span['ours']:>22} {span['timm']:>22} {ratios[phase]:>10.3f}")
-    print(f"RATIO bench_vit_forward {ratios['forward']:.3f}")
-    print(f"RATIO bench_vit {ratios['forward+backward']:.3f}")
+    numbers.ratio("bench_vit_forward", ratios["forward"])
+    numbers.ratio("bench_vit", ratios["forward+backward"])
+    numbers.write(args.json)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class RNGStateCallback(Callback):
     pytorch-lightning 2.6) and leaves the states as they were.
 
     Exact for checkpoints written at the end of an epoch (our `last.ckpt`) with
-    `data.num_workers=0` (the default): persistent loader workers keep their own generators
+    no loader workers (`data.num_workers=auto` gives none on the CPU): persistent workers keep their own generators
     running from one epoch to the next, and those are not in the checkpoint.
     States are stored as tensors and plain tuples of ints, which `weights_only` loading reads.
     """

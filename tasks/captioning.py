@@ -14,6 +14,7 @@ contrastive``. With ``contrastive_weight=0`` the plain captioner is built and tr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
+from mmtrans.data.captions import CaptionCollate
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
 from mmtrans.models.clip import contrastive_loss
@@ -40,6 +43,10 @@ METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "rouge_l")
 
 
 class CaptioningTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_captioner",)
+    DATA_YIELDS = "captions"  # captioned images
+
     def __init__(
         self,
         model: nn.Module,
@@ -82,16 +89,21 @@ class CaptioningTask(L.LightningModule):
         return self.model(images, tokens, key_padding_mask=key_padding_mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        tokens, pad, n_truncated = self.tokenizer.encode_batch(batch["caption"], self.hparams.max_len)
+        if "tokens" not in batch:
+            raise ValueError(
+                "captioning training batches carry token ids, tokenised in the loader by "
+                "mmtrans.data.captions.CaptionCollate (set by CaptioningTask.build via DataModule.set_collate); "
+                f"this batch has only {sorted(batch)}"
+            )
+        tokens, pad, n_truncated = batch["tokens"], batch["padding_mask"], int(batch["num_truncated"])
         if n_truncated and not self._truncation_warned:
             self._truncation_warned = True
             print(f"warning: {n_truncated} caption(s) in a batch were cut to task.max_len={self.hparams.max_len} "
                   "tokens (warned once; the epoch's count is logged as train/truncated_captions)")
         self.log("train/truncated_captions", float(n_truncated), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
-        tokens, pad = tokens.to(self.device), pad.to(self.device)
         hp = self.hparams
-        if hp.contrastive_weight > 0:
+        if hp.contrastive_weight > 0:  # CoCa: the caption loss plus an image-text contrastive loss
             logits, image_emb, text_emb = self.model.forward_contrastive(
                 batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
         else:
@@ -167,6 +179,21 @@ class CaptioningTask(L.LightningModule):
             results = [{"image_id": i, "caption": c} for i, c, _ in outputs]  # COCO results format
             out.write_text(json.dumps(results, indent=1) + "\n")
 
+    def setup(self, stage: str) -> None:
+        """Under DDP every process trained the tokenizer on the same captions (deterministic;
+        only rank 0 wrote it): check that they agree before any step, as the model's vocabulary
+        and the token ids in every process's batches depend on it."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            mine = self.tokenizer.to_json()
+            every: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(every, mine)
+            differing = [rank for rank, text in enumerate(every) if text != every[0]]
+            if differing:
+                raise RuntimeError(
+                    f"the caption tokenizer differs between process 0 and process(es) {differing}: "
+                    "train it once (task.tokenizer.pretrained=<folder written by a run>) and rerun"
+                )
+
     # -- checkpoint and optimiser ----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer"] = self.tokenizer.to_json()  # a plain string: weights_only-safe
@@ -186,13 +213,27 @@ class CaptioningTask(L.LightningModule):
         """Tokenizer (trained on the training captions, or pretrained), model sized to its
         vocabulary and built for the data's resolved preprocessing, then the task."""
         datamodule.setup("fit")
+        # Set before training the tokenizer, so that every DDP process (its launcher passes the
+        # environment on) trains it the same way: loader workers tokenise one batch each, and
+        # the tokenizer's own threads would only compete with them (and warn after the fork).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         tok_cfg = cfg.task.get("tokenizer") or {}
         if tok_cfg.get("pretrained"):
             tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
         else:
             texts = datamodule.splits.train.all_captions()
             tokenizer = CaptionTokenizer.train(texts, vocab_size=tok_cfg.get("vocab_size", 1000))
-        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
+            tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        # Tokenising moves into the loader (its workers): the collate gets the tokenizer now,
+        # before any loader exists.
+        collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
+        if not hasattr(collate, "with_tokenizer"):
+            raise ValueError(
+                "task=captioning tokenises in the data loader: data.collate must be "
+                f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}"
+            )
+        datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len))
         pp = datamodule.preprocessing
         # CoCa: the same captioner config, built with text-only first blocks and a contrastive head.
         coca = {"contrastive": True} if cfg.task.get("contrastive_weight", 0) > 0 else {}

@@ -30,6 +30,10 @@ __all__ = ["ClassificationTask", "balanced_class_weights"]
 
 
 class ClassificationTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_image_classifier", "mmtrans.models.create_cnn_classifier")
+    DATA_YIELDS = "labels"  # labelled images (a split factory's `yields`, default "labels")
+
     def __init__(
         self,
         model: nn.Module,

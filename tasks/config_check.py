@@ -17,15 +17,24 @@ import difflib
 import inspect
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig
 
+from tasks.task_fit import check_task_fits
+
 __all__ = ["check_config"]
 
 _SIMPLE = (bool, int, float, str)
+# Keys of a target's node that train.py handles itself (not constructor arguments), with
+# their allowed values: the trainer group's torch.set_float32_matmul_precision.
+_HANDLED_KEYS = {
+    "pytorch_lightning.Trainer": {"matmul_precision": (None, "highest", "high", "medium")},
+    "lightning.pytorch.Trainer": {"matmul_precision": (None, "highest", "high", "medium")},
+}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -33,6 +42,7 @@ def check_config(cfg: DictConfig) -> None:
     problems = [p for path, node in _target_nodes(cfg, "") for p in _check_node(path, node)]
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+    check_task_fits(cfg)  # task=captioning model=resnet18: named now, not as a bad keyword later
 
 
 def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
@@ -64,12 +74,13 @@ def _parameters(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[st
     for func in chain:
         try:
             signature = inspect.signature(func)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
+            _skipped(func, f"its signature cannot be read ({err}): its keys are not checked")
             return params, hints, True
         try:
             hints = {**typing.get_type_hints(func), **hints}
-        except Exception:  # unresolvable annotations: check names only
-            pass
+        except Exception as err:  # noqa: BLE001 - a forward reference to a name not importable here, ...
+            _skipped(func, f"its type hints do not resolve ({type(err).__name__}: {err}): only key names are checked")
         kinds = {p.kind for p in signature.parameters.values()}
         params = {**{n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)},
                   **params}
@@ -84,9 +95,21 @@ def _forwards_kwargs(init: Callable) -> bool:
     keys, checked by the DataModule against its split builder)."""
     try:
         source = inspect.getsource(init)
-    except (OSError, TypeError):
+    except (OSError, TypeError) as err:
+        _skipped(init, f"its source cannot be read ({err}): its base classes' arguments are not checked")
         return False
     return "super().__init__(" in source and "**kwargs)" in source
+
+
+_WARNED: set[str] = set()
+
+
+def _skipped(func: Callable, why: str) -> None:
+    """Say once per constructor which part of the check cannot run, and why."""
+    name = getattr(func, "__qualname__", repr(func))
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"config check of {name}: {why}", stacklevel=3)
 
 
 def _check_node(path: str, node: DictConfig) -> list[str]:
@@ -103,12 +126,17 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
         params = {**options, **params}
         open_kwargs = False
         name = f"{name} (data set options: {factory_name})"
-    problems = []
+    problems = [] if forwarded is None else _options_under_splits(where, node)
+    handled = _HANDLED_KEYS.get(str(node._target_), {})
     for key in node:
         key = str(key)
         if key.startswith("_") and key.endswith("_"):
             continue
         full = f"{where}.{key}" if path else key
+        if key in handled:
+            if node[key] not in handled[key]:
+                problems.append(f"{full}={node[key]!r}: expected one of {', '.join(map(str, handled[key]))}")
+            continue
         if key not in params:
             if not open_kwargs:
                 close = difflib.get_close_matches(key, list(params), n=1)
@@ -133,6 +161,15 @@ def _check_node(path: str, node: DictConfig) -> list[str]:
             names = " | ".join("None" if t is type(None) else t.__name__ for t in expected)
             problems.append(f"{full}={value!r}: {name}({key}: {names}) expects {names}")
     return problems
+
+
+def _options_under_splits(where: str, node: DictConfig) -> list[str]:
+    """``data.splits.num_train``: the DataModule passes data.num_train (its shipped default) at
+    call time, which beats a value bound in the partial, so this one would be silently ignored."""
+    return [
+        f"{where}.splits.{key}: data set options sit at {where}.*: set {where}.{key} instead"
+        for key in node.splits if not (str(key).startswith("_") and str(key).endswith("_"))
+    ]
 
 
 def _forwarded_options(node: DictConfig) -> tuple[str, dict[str, inspect.Parameter]] | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, WeightedRandomSampler
 
 from mmtrans.data.bad_images import (
     POLICIES,
@@ -57,9 +58,10 @@ class DataModule(L.LightningDataModule):
         in_chans: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
         drop_last: bool = True,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -83,6 +85,8 @@ class DataModule(L.LightningDataModule):
                              f"got {repeated_aug!r} with data.sampler={sampler!r}")
         if on_bad_image not in POLICIES:
             raise ValueError(f"data.on_bad_image must be one of {POLICIES}, got {on_bad_image!r}")
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"data.num_workers must be auto or an integer >= 0, got {num_workers!r}")
         self.splits_factory = splits
         # Where the data lives and how to read it: the other data.* keys (root, download,
         # annotations, path, name, label_type, ...) go to the split builder; None leaves the
@@ -91,11 +95,13 @@ class DataModule(L.LightningDataModule):
         self.sampler = sampler
         self.repeated_aug = repeated_aug
         self.collate = collate  # None: torch's default collate (image classification)
+        self._loaders_made = False  # set_collate only before the first loader pickles it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.num_workers_option = num_workers
+        self.pin_memory_option = pin_memory
         self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
         self.drop_last = drop_last
         self.augment = dict(augment or {})
         self.preprocessing: Preprocessing = resolve_preprocessing(
@@ -113,10 +119,9 @@ class DataModule(L.LightningDataModule):
         """Build the splits once; later calls (Lightning calls setup per stage) do nothing."""
         if self._splits is None:
             pp = self.preprocessing
-            sized = {k: getattr(pp, k) for k in ("img_size", "in_chans") if k in split_options(self.splits_factory)}
             splits = self.splits_factory(
                 train_transform=pp.transform(train=True, **self.augment), eval_transform=pp.transform(train=False),
-                **self.source_kwargs, **sized,
+                **self.source_kwargs, **self._resolved_options(),
             )
             if not isinstance(splits, Splits):
                 raise TypeError(f"data.splits must return mmtrans.data.Splits, got {type(splits).__name__}")
@@ -126,7 +131,8 @@ class DataModule(L.LightningDataModule):
                 splits = self._skipping(splits)
             for name in ("train", "val", "test"):
                 dataset = getattr(splits, name)
-                if dataset is not None and len(dataset) == 0:
+                # A stream's length (eval shards) is unknown up front: its reader checks it.
+                if dataset is not None and not isinstance(dataset, IterableDataset) and len(dataset) == 0:
                     raise ValueError(
                         f"the {name} split is empty: check data.splits (paths, fractions, sizes)"
                     )
@@ -137,6 +143,21 @@ class DataModule(L.LightningDataModule):
             self._splits = splits
         if stage in (None, "fit"):
             self._check_train_batch()
+
+    def _resolved_options(self) -> dict[str, Any]:
+        """What the DataModule resolved, for split factories that take it: the image size and
+        channels; the batch size and bad-image policy (streams, which batch and skip themselves)."""
+        pp, accepted = self.preprocessing, split_options(self.splits_factory)
+        resolved = {"img_size": pp.img_size, "in_chans": pp.in_chans, "batch_size": self.batch_size,
+                    "on_bad_image": self.on_bad_image}
+        return {k: v for k, v in resolved.items() if k in accepted}
+
+    def raw_splits(self) -> Splits:
+        """The splits as stored: `image` an untransformed PIL image (no resize, augmentation or
+        normalisation), captions with all references per image. For writing shards."""
+        extra = {"train_mode": "images"} if "train_mode" in split_options(self.splits_factory) else {}
+        return self.splits_factory(train_transform=_unchanged, eval_transform=_unchanged,
+                                   **self.source_kwargs, **self._resolved_options(), **extra)
 
     def _validated(self, splits: Splits) -> Splits:
         """`data.validate=true`: every file decoded once; bad ones listed, then an error
@@ -171,7 +192,10 @@ class DataModule(L.LightningDataModule):
 
     @staticmethod
     def _skipping(splits: Splits) -> Splits:
-        """`data.on_bad_image=skip`: train replaces a bad sample, val / test drop it."""
+        """`data.on_bad_image=skip`: train replaces a bad sample, val / test drop it. Streams
+        (IterableDataset: shards) apply the policy themselves."""
+        if isinstance(splits.train, IterableDataset):
+            return splits
         return dataclasses.replace(
             splits,
             train=SkipBadImages(splits.train, replace=True),
@@ -205,6 +229,31 @@ class DataModule(L.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------
 
+    def set_collate(self, collate: Callable) -> None:
+        """Use `collate` for every loader (e.g. a `CaptionCollate` holding the tokenizer the task
+        trained after `setup`). Only before the first loader: workers take a copy of it."""
+        if self._loaders_made:
+            raise RuntimeError("DataModule.set_collate: loaders were already created with the old collate")
+        self.collate = collate
+
+    def _on_gpu_and_processes(self) -> tuple[bool, int]:
+        """(whether the attached Trainer trains on a GPU, its processes on this machine);
+        without a Trainer: whether CUDA is there, one process."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return torch.cuda.is_available(), 1
+        return trainer.strategy.root_device.type == "cuda", max(1, trainer.num_devices)
+
+    @property
+    def num_workers(self) -> int:
+        """`data.num_workers` with `auto` resolved (`resolve_num_workers`)."""
+        on_gpu, processes = self._on_gpu_and_processes()
+        return resolve_num_workers(self.num_workers_option, on_gpu, processes)
+
+    @property
+    def pin_memory(self) -> bool:
+        return self._on_gpu_and_processes()[0] if self.pin_memory_option is None else self.pin_memory_option
+
     def _weighted_sampler(self, dataset: Dataset) -> WeightedRandomSampler:
         """Draw each class equally often: sample weight 1 / (training samples of its class)."""
         labels = dataset_labels(dataset)
@@ -218,8 +267,14 @@ class DataModule(L.LightningDataModule):
         return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True)
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        workers = self.num_workers > 0
+        self._loaders_made = True
+        num_workers = self.num_workers
+        workers = num_workers > 0
         sampler = None
+        stream = isinstance(dataset, IterableDataset)  # shuffles and splits among processes itself
+        if stream and (self.sampler is not None or self.repeated_aug > 1):
+            raise ValueError("data.sampler and data.repeated_aug need a data set with an index, not a stream "
+                             "(data=webdataset): leave them at null and 1")
         if train and self.sampler == "weighted":
             sampler = self._weighted_sampler(dataset)
         elif train and self.repeated_aug > 1:
@@ -229,12 +284,13 @@ class DataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and sampler is None,
+            shuffle=train and sampler is None and not stream,
             sampler=sampler,
             drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
+            num_workers=num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers,
+            prefetch_factor=self.prefetch_factor if workers else None,
             collate_fn=SkippingCollate(self.collate) if self.on_bad_image == "skip" else self.collate,
         )
 
@@ -249,3 +305,26 @@ class DataModule(L.LightningDataModule):
         # Sources without a test split (e.g. ImageFolder train/val) are tested on val.
         test = self.splits.test if self.splits.test is not None else self.splits.val
         return self._loader(test, self.eval_batch_size, train=False)
+
+
+def _unchanged(image: Any) -> Any:
+    """The identity transform (a function, not a lambda: loaders may pickle it)."""
+    return image
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask: what a scheduler or taskset gave it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(value: int | str, on_gpu: bool, processes: int = 1) -> int:
+    """`data.num_workers`: an int as given; `auto`: min(8, available cores // training processes
+    on this machine) when training on a GPU (at least 1), else 0."""
+    if value != "auto":
+        return int(value)
+    if not on_gpu:
+        return 0
+    return max(1, min(8, available_cpus() // max(1, processes)))

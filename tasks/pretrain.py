@@ -31,6 +31,10 @@ __all__ = ["PretrainTask"]
 
 
 class PretrainTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_mae",)
+    DATA_YIELDS = None  # any images: labels and captions are ignored
+
     def __init__(
         self,
         model: nn.Module,

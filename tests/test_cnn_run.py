@@ -63,12 +63,13 @@ def test_classification_resnet18_fast_dev_run(tmp_path: Path) -> None:
 
 
 def test_medmnist_sweep_of_vit_tiny_and_resnet18_composes(tmp_path: Path) -> None:
-    # `-m task=medical data=medmnist model=vit_tiny,resnet18`: both jobs' configs are valid, and
-    # vit_tiny gets 4 px patches at 28 px (conf/specialize/medical_vit_tiny_medmnist.yaml).
+    # `-m task=medical data=medmnist model=vit_tiny,resnet18`: both jobs' configs are valid;
+    # vit_tiny gets the recipe (conf/specialize/medical_vit_tiny_medmnist.yaml) and its patch
+    # size from the image (4 px at 28: tests/test_medmnist_recipe.py).
     for model in ("vit_tiny", "resnet18"):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=["task=medical", "data=medmnist", "data.path=x.npz", f"model={model}",
                                                f"paths.output_dir={tmp_path}"])
         check_config(cfg)
         assert cfg.data.img_size is None  # from the file (28 px), resolved by the DataModule
-        assert cfg.model.get("patch_size") == (4 if model == "vit_tiny" else None)
+        assert cfg.model.get("patch_size") is None and cfg.model.get("stem") == ("conv" if model == "vit_tiny" else None)

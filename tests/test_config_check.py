@@ -26,8 +26,9 @@ def test_key_that_is_no_argument_is_named_with_a_suggestion() -> None:
     with pytest.raises(ValueError, match=r"data.num_trian: DataModule \(data set options: shapes_splits\) has no "
                                          r"argument 'num_trian'; did you mean 'num_train'\?; valid keys: .*num_val"):
         check_config(compose_cfg("+data.num_trian=5"))
-    for data in ("data=medmnist", "data=caption_table", "data=medical_csv", "data=imagefolder", "data=cifar10"):
-        check_config(compose_cfg(data))  # every declared key is an option of its reader
+    for data in ("data=medmnist", "task=captioning data=caption_table", "data=medical_csv", "data=imagefolder",
+                 "data=cifar10"):
+        check_config(compose_cfg(*data.split()))  # every declared key is an option of its reader
 
 
 def test_wrong_types_are_named() -> None:
@@ -44,3 +45,40 @@ def test_misspelled_override_fails_at_composition() -> None:
     # Hydra's struct mode: an override of a key that does not exist names the key.
     with pytest.raises(ConfigCompositionException, match="task.lrr"):
         compose_cfg("task.lrr=1e-3")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task=captioning", "model=resnet18"], r"task=captioning does not take model=resnet18\|resnet50 "
+         r"\(mmtrans.models.create_cnn_classifier\): .* choose model=captioner_base or model=captioner_tiny$"),
+        (["task=classification", "model=captioner_tiny"], r"task=classification does not take "
+         r"model=captioner_base\|captioner_tiny .* choose model=image_classifier or model=resnet18 .*model=vit_tiny$"),
+        (["task=pretrain", "model=vit_tiny"], r"task=pretrain does not take model=.*vit_tiny .*choose model=mae$"),
+        (["task=medical", "model=mae"], r"task=medical does not take model=mae .*model=resnet18"),
+        (["task=classification", "data=scenes"], r"task=classification needs data with labels; data=scenes .* "
+         r"yields captions: choose data=cifar10 .*data=shapes"),
+        (["task=captioning", "data=shapes"], r"task=captioning needs data with captions; data=shapes .*yields labels: "
+         r"choose data=caption_table .*data=scenes or data=webdataset$"),
+        (["task=medical", "data=coco"], r"task=medical needs data with labels; data=caption_table\|captions\|coco"),
+    ],
+)
+def test_preset_that_does_not_fit_the_task_is_named(overrides: list[str], message: str) -> None:
+    # At compose time (check_config runs first in train.py), not as a bad keyword in the build.
+    with pytest.raises(ValueError, match=message):
+        check_config(compose_cfg(*overrides))
+
+
+def test_presets_that_fit_pass_the_task_check() -> None:
+    for overrides in (["task=medical", "model=resnet50"], ["task=pretrain", "data=scenes"],
+                      ["task=pretrain", "data=medical_scans"], ["task=captioning", "data=coco"]):
+        check_config(compose_cfg(*overrides))
+
+
+def test_data_set_option_under_splits_is_refused() -> None:
+    # data.num_train (the reader's shipped default) is passed at call time and would beat a
+    # data.splits.num_train bound in the partial: the specialize files once set it there, ignored.
+    with pytest.raises(ValueError, match=r"data.splits.num_train: data set options sit at data.\*: set "
+                                         r"data.num_train instead"):
+        check_config(compose_cfg("+data.splits.num_train=5"))
+    assert compose_cfg().data.num_train == 20000  # conf/specialize/classification_vit_tiny_shapes.yaml

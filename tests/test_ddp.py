@@ -62,3 +62,24 @@ def test_ddp_cpu_skips_bad_images_and_counts_them_over_both_processes(tmp_path: 
     entries = json.loads((tmp_path / "run" / "bad_images.json").read_text())["skipped_while_loading"]
     assert metrics["data/skipped_images"] == len(entries) == 2 + 2 + 1  # train and val twice, test once
     assert sorted({e["split"] for e in entries}) == ["test", "train", "val"]
+
+
+def test_ddp_cpu_captioning_metrics_equal_single_process(tmp_path: Path) -> None:
+    """Captioning under DDP: every process builds the same tokenizer (checked in setup; only
+    rank 0 writes it), tokenises in its loader, and the gathered test scores equal one process's."""
+    from tests.test_captioning_run import TINY as CAPTION_TINY
+    from tests.test_captioning_run import TINY_SCENES
+
+    common = [*CAPTION_TINY[:8], *CAPTION_TINY[10:], *TINY_SCENES, "task.generation.num_beams=1"]
+
+    def caption_run(run_dir: Path, *overrides: str) -> dict:
+        cmd = [sys.executable, "train.py", *common, f"hydra.run.dir={run_dir}", *overrides]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((run_dir / "metrics.json").read_text())
+
+    ddp = caption_run(tmp_path / "ddp", "trainer=ddp_cpu", "trainer.max_epochs=1")
+    assert (tmp_path / "ddp" / "tokenizer" / "tokenizer.json").is_file()
+    single = caption_run(tmp_path / "single", "trainer=cpu", "train=false", f"ckpt_path={ddp['best_ckpt']}")
+    for key in ("test/bleu4", "test/cider", "test/rouge_l"):
+        assert single[key] == pytest.approx(ddp[key], abs=1e-9), key

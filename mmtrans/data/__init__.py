@@ -8,7 +8,7 @@ from mmtrans.data.caption_formats import (
     read_karpathy,
 )
 from mmtrans.data.caption_scenes import SceneCaptionDataset, scene_caption_splits
-from mmtrans.data.captions import CaptionDataset, caption_splits, collate_captions
+from mmtrans.data.captions import CaptionCollate, CaptionDataset, caption_splits, collate_captions
 from mmtrans.data.cifar import CifarDataset, cifar_splits
 from mmtrans.data.image_folder import ImageFolderDataset, find_images, image_folder_splits
 from mmtrans.data.io import load_image
@@ -27,6 +27,7 @@ __all__ = [
     "SceneCaptionDataset",
     "caption_splits",
     "collate_captions",
+    "CaptionCollate",
     "read_caption_table",
     "read_coco",
     "read_flickr8k",

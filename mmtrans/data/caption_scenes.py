@@ -241,3 +241,6 @@ def scene_caption_splits(
         num_train, num_val, num_test, train_transform, eval_transform,
     )
     return Splits(train=train, val=val, test=test, class_names=[])
+
+
+scene_caption_splits.yields = "captions"  # read by tasks/task_fit.py (other split factories yield labels)

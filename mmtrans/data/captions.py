@@ -1,14 +1,16 @@
 """Image captioning data sets from caption files, the split by image, and the collate function.
 
 `CaptionDataset` serves either every image with all its references (mode="images", for
-evaluation) or one item per (image, caption) pair (mode="pairs", for training). Batches stay
-text-level: the task tokenises with `CaptionTokenizer`.
+evaluation) or one item per (image, caption) pair (mode="pairs", for training). Data sets
+stay text-level; `CaptionCollate` tokenises the training captions in the loader (its worker
+processes), with the tokenizer the task hands it once trained.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,6 +114,33 @@ def collate_captions(batch: Sequence[dict]) -> dict:
     return out
 
 
+class CaptionCollate:
+    """`collate_captions`, and with a tokenizer (a `CaptionTokenizer`, or anything with its
+    `encode_batch`) the training captions (`caption`, one per item) as `tokens` (LongTensor
+    [B, L], bos ... eos, right-padded), `padding_mask` (BoolTensor [B, L], True = pad) and
+    `num_truncated` (captions cut to `max_len`). Batches of all references (`captions`, for
+    evaluation) are left as text.
+
+    Built without a tokenizer from the config; the captioning task, once it has trained its
+    tokenizer, passes `with_tokenizer(...)` to the DataModule before any loader exists, so
+    the tokenizer is pickled into the loader workers and tokenising runs there.
+    """
+
+    def __init__(self, tokenizer: Any = None, max_len: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+
+    def with_tokenizer(self, tokenizer: Any, max_len: int | None) -> CaptionCollate:
+        return CaptionCollate(tokenizer, max_len)
+
+    def __call__(self, batch: Sequence[dict]) -> dict:
+        out = collate_captions(batch)
+        if self.tokenizer is not None and "caption" in out:
+            tokens, padding_mask, num_truncated = self.tokenizer.encode_batch(out["caption"], self.max_len)
+            out.update(tokens=tokens, padding_mask=padding_mask, num_truncated=num_truncated)
+        return out
+
+
 def read_captions(
     format: str,
     annotations: str | os.PathLike,
@@ -192,3 +221,6 @@ def caption_splits(
         test=CaptionDataset(test, eval_transform, draft_size=draft_size) if test else None,
         class_names=[],
     )
+
+
+caption_splits.yields = "captions"  # read by tasks/task_fit.py: captioning and pretrain take it, classifiers do not

@@ -8,6 +8,7 @@ pydicom is optional (extra `medical`); it is imported only when a DICOM file is 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -131,11 +132,27 @@ def _dicom_grey(px: ModuleType, values: np.ndarray, ds, window: tuple[float, flo
         try:
             center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
             return _window(px, values, center, width, str(ds.get("VOILUTFunction") or "LINEAR"))
-        except ValueError:
-            pass  # a zero width or an unknown VOI LUT Function: the file's window is unusable
+        except ValueError as err:  # a zero width or an unknown VOI LUT Function: the file's window is unusable
+            _warn_unusable_window(getattr(ds, "filename", None), err)
     if ds.get("VOILUTSequence"):
         return scale_to_uint8(px.apply_voi_lut(values, ds, prefer_lut=True))
     return scale_to_uint8(values)
+
+
+_WINDOW_WARNED = False
+
+
+def _warn_unusable_window(filename: object, err: Exception) -> None:
+    """Once per process: a data set of such files would otherwise repeat it for every image."""
+    global _WINDOW_WARNED
+    if not _WINDOW_WARNED:
+        _WINDOW_WARNED = True
+        warnings.warn(
+            f"DICOM {filename or '(in memory)'}: its window (WindowCenter/WindowWidth) is unusable ({err}); "
+            "scaled by its VOI LUT or min-max instead. Set data.window=[center,width] to choose one "
+            "(further files with an unusable window are not listed)",
+            stacklevel=2,
+        )
 
 
 def _window(px: ModuleType, values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from .clip import CoCa, ContrastiveModel
 from .cnn import CNNEncoder
 from .heads import ImageClassifier
 from .mae import MaskedAutoencoder
-from .pretrained import create_timm_model, load_pretrained, timm_model_name
+from .pretrained import create_timm_model, load_pretrained, recorded_encoder_architecture, timm_model_name
 from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, auto_patch_size, create_vit
 
@@ -29,7 +29,10 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
     ``pretrained`` (its name, or weights with timm's hub ``config.json`` beside them), "from
     that timm model" (built without weights: no network needed). Explicit kwargs win.
     Without pretrained weights, an unset patch size follows the image size (``auto_patch_size``);
-    with them it is the weights' (the preset's, or the timm model's)."""
+    with them it is the weights' (the preset's, the timm model's, or, for a checkpoint of ours
+    such as an MAE pretraining's, the encoder architecture it recorded)."""
+    recorded = recorded_encoder_architecture(pretrained) if pretrained else {}
+    kwargs = {**kwargs, **{k: v for k, v in recorded.items() if kwargs.get(k) is None}}
     if kwargs.get("patch_size") is None and not pretrained and kwargs.get("img_size") is not None:
         kwargs = {**kwargs, "patch_size": auto_patch_size(kwargs["img_size"])}
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ARCH_KEYS}

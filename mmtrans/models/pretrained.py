@@ -21,6 +21,7 @@ from .mae import is_mae_state_dict, mae_encoder_state_dict
 
 __all__ = ["WEIGHT_SUFFIXES", "UnsafeCheckpointError", "check_state_dict", "create_timm_model", "is_weights_path",
            "load_pretrained", "load_state_dict_checked", "load_weights_only", "pretrained_preprocessing", "read_state_dict",
+           "recorded_encoder_architecture",
            "timm_model_name"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -139,9 +140,12 @@ def timm_model_name(source: str) -> str | None:
     if not is_weights_path(source):
         return source
     cfg_file = Path(source).parent / "config.json"
+    if not cfg_file.is_file():
+        return None
     try:
         name = json.loads(cfg_file.read_text()).get("architecture")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        warnings.warn(f"{cfg_file} does not parse ({e}); the architecture it would name is not used", stacklevel=2)
         return None
     return name if isinstance(name, str) and name else None
 
@@ -184,6 +188,21 @@ def pretrained_preprocessing(source: str | None) -> dict[str, Any]:
         recorded = ((load_weights_only(path).get("hyper_parameters") or {}).get("preprocessing")) or {}
         return {k: recorded[k] for k in PREPROCESSING_KEYS if k in recorded}
     return _normalization_next_to(path)
+
+
+# Encoder architecture keys a task checkpoint records in hyper_parameters.config.model.
+RECORDED_ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "stem")
+
+
+def recorded_encoder_architecture(source: str | None) -> dict[str, Any]:
+    """The encoder architecture (patch size, width, depth, heads, stem) that one of our task
+    checkpoints (``.ckpt``) recorded, so that a model built from its weights (an MAE
+    pretraining's, say) fits them without repeating each key; empty for any other source."""
+    path = Path(source) if source else None
+    if path is None or path.suffix != ".ckpt" or not path.is_file():
+        return {}
+    model_cfg = ((load_weights_only(path).get("hyper_parameters") or {}).get("config") or {}).get("model") or {}
+    return {k: model_cfg[k] for k in RECORDED_ARCH_KEYS if model_cfg.get(k) is not None}
 
 
 def load_pretrained(model: nn.Module, source: str) -> nn.Module:

@@ -85,3 +85,19 @@ def test_pickle_with_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="evil.pth.*refused"):
         read_state_dict(path)
     assert not target.exists()
+
+
+def test_a_checkpoint_of_ours_gives_its_encoder_architecture(tmp_path) -> None:
+    """model.pretrained / encoder_pretrained = an MAE (or any task) checkpoint: the unset
+    architecture keys come from what it recorded, so its weights fit without repeating them."""
+    import torch
+
+    from mmtrans.models.factory import encoder_kwargs
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": {"model": {
+        "patch_size": 8, "depth": 2, "embed_dim": None, "stem": "conv"}}}}, ckpt)
+    kwargs = encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "patch_size": None, "depth": None})
+    assert (kwargs["patch_size"], kwargs["depth"], kwargs["stem"]) == (8, 2, "conv")
+    assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "depth": 3})["depth"] == 3  # explicit wins
+    assert encoder_kwargs("vit_tiny", None, {"img_size": 64, "patch_size": None})["patch_size"] == 8  # from the image

@@ -26,7 +26,7 @@ def test_patch_embed_shapes_and_errors():
     assert pe(torch.randn(2, 3, 32, 32)).shape == (2, 64, 48)
     with pytest.raises(ValueError, match="img_size"):
         pe(torch.randn(2, 3, 36, 36))
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="does not divide the image size"):
         PatchEmbed(30, 4)
 
 
