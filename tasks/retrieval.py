@@ -64,6 +64,10 @@ def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> Capti
 
 
 class RetrievalTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_clip",)
+    DATA_YIELDS = "captions"  # captioned images
+
     def __init__(
         self,
         model: nn.Module,

@@ -42,6 +42,10 @@ def check_templates(templates: Any) -> list[str]:
 
 
 class ZeroShotTask(L.LightningModule):
+    # No model group: the model comes from ckpt_path (tasks/task_fit.py checks nothing of it).
+    MODEL_TARGETS = None
+    DATA_YIELDS = "labels"  # class names to prompt with, labels to score against
+
     def __init__(
         self,
         model: nn.Module,
