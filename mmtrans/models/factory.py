@@ -166,6 +166,10 @@ def create_captioner(
     else:
         if vocab_size is None:
             raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")
+        if contrastive and not 1 <= unimodal_depth < decoder_depth:
+            raise ValueError(f"a contrastive captioner (CoCa) splits its decoder: model.unimodal_depth={unimodal_depth} "
+                             f"text-only blocks, then cross-attending ones; it must be in [1, model.decoder_depth="
+                             f"{decoder_depth}): raise model.decoder_depth or lower model.unimodal_depth")
         decoder = TextDecoder(
             vocab_size, max_len, decoder_embed_dim, decoder_depth, decoder_num_heads, cross_attention=True,
             context_dim=context_dim, drop_rate=decoder_drop_rate, unimodal_depth=unimodal_depth if contrastive else 0,

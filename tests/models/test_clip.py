@@ -69,10 +69,11 @@ def test_coca_shapes_and_caption_path():
 
     ids_out = greedy_search(model.decoder, model.encode(images), 1, 2, max_new_tokens=4)
     assert len(ids_out) == 2
-    with pytest.raises(ValueError, match="unimodal_depth"):
-        create_captioner(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8,
-                         vocab_size=50, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2,
-                         contrastive=True, unimodal_depth=2)
+    for unimodal, depth in ((2, 2), (1, 1), (0, 2)):  # no cross-attending block left / no text-only block
+        with pytest.raises(ValueError, match=rf"model.unimodal_depth={unimodal} .*model.decoder_depth={depth}\)"):
+            create_captioner(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8,
+                             vocab_size=50, decoder_embed_dim=32, decoder_depth=depth, decoder_num_heads=2,
+                             contrastive=True, unimodal_depth=unimodal)
 
 
 def test_contrastive_loss_equals_open_clip_clip_loss():
