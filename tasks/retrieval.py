@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
@@ -59,7 +60,8 @@ def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> Capti
         tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
     else:
         tokenizer = CaptionTokenizer.train(datamodule.splits.train.all_captions(), vocab_size=tok_cfg.get("vocab_size", 1000))
-    tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+    if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
+        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
     return tokenizer
 
 
