@@ -65,7 +65,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     # DataModule, once) -> data sets -> model (each task builds it from the data: size,
     # channels, classes, tokenizer) -> task. The resolved config, the preprocessing and what
     # the data taught the task go into every checkpoint.
-    weights = cfg.model.get("pretrained") or cfg.model.get("encoder_pretrained")
+    model_cfg = cfg.get("model") or {}  # task=zeroshot takes its model from ckpt_path
+    weights = model_cfg.get("pretrained") or model_cfg.get("encoder_pretrained")
     datamodule = instantiate(cfg.data, pretrained_cfg=pretrained_preprocessing(weights), _convert_="all")
     task = get_class(cfg.task._target_).build(cfg, datamodule)
     model = task.model

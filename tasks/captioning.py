@@ -4,6 +4,11 @@ Training: cross-entropy on the shifted caption tokens (padding ignored, label sm
 Validation/test: captions generated on the KV cache (greedy or beam search) and scored
 against all references with pycocoevalcap's BLEU-1..4, CIDEr-D and ROUGE-L. The tokenizer
 travels inside every checkpoint, so a checkpoint alone captions new images.
+
+CoCa (``contrastive_weight > 0``): the model is built with text-only first decoder blocks and
+a contrastive head (``mmtrans.models.clip.CoCa``), and CLIP's contrastive loss on the
+(image, caption) pairs of the batch is added: ``caption_weight * CE + contrastive_weight *
+contrastive``. With ``contrastive_weight=0`` the plain captioner is built and trained as before.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.data.captions import CaptionCollate
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
+from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from mmtrans.viz import caption_grid
@@ -57,10 +63,19 @@ class CaptioningTask(L.LightningModule):
         max_len: int = 32,
         generation: dict | None = None,
         num_logged_samples: int = 6,
+        caption_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
     ) -> None:
         """``generation``: ``num_beams`` (1 = greedy), ``max_new_tokens``, ``length_penalty``,
-        ``no_repeat_ngram_size``, ``min_new_tokens``. ``encoder_lr``: None = ``lr``."""
+        ``no_repeat_ngram_size``, ``min_new_tokens``. ``encoder_lr``: None = ``lr``.
+        ``contrastive_weight`` > 0 (CoCa) needs a model with ``forward_contrastive``."""
         super().__init__()
+        if contrastive_weight < 0 or caption_weight < 0 or contrastive_weight + caption_weight == 0:
+            raise ValueError(f"task.caption_weight={caption_weight} and task.contrastive_weight={contrastive_weight} "
+                             "must be >= 0 and not both 0")
+        if contrastive_weight > 0 and not hasattr(model, "forward_contrastive"):
+            raise ValueError(f"task.contrastive_weight={contrastive_weight} needs a contrastive captioner (CoCa: "
+                             f"create_captioner(contrastive=True), which build() makes); got {type(model).__name__}")
         self.save_hyperparameters(ignore=["model", "tokenizer"])
         self.model = model
         self.tokenizer = tokenizer
@@ -87,11 +102,23 @@ class CaptioningTask(L.LightningModule):
                   "tokens (warned once; the epoch's count is logged as train/truncated_captions)")
         self.log("train/truncated_captions", float(n_truncated), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
-        logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
+        hp = self.hparams
+        if hp.contrastive_weight > 0:  # CoCa: the caption loss plus an image-text contrastive loss
+            logits, image_emb, text_emb = self.model.forward_contrastive(
+                batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
+        else:
+            logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
         # Mask by the padding mask, not by pad_id: GPT-2 style tokenizers use eos as pad.
         target = tokens[:, 1:].masked_fill(pad[:, 1:], -100)
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
-                               label_smoothing=self.hparams.label_smoothing)
+                               label_smoothing=hp.label_smoothing)
+        if hp.contrastive_weight > 0:
+            contrastive = contrastive_loss(image_emb, text_emb, self.model.head.scale())
+            self.log("train/caption_loss", loss, on_step=False, on_epoch=True, batch_size=len(tokens))
+            self.log("train/contrastive_loss", contrastive, on_step=False, on_epoch=True, batch_size=len(tokens))
+            loss = hp.caption_weight * loss + hp.contrastive_weight * contrastive
+        elif hp.caption_weight != 1.0:
+            loss = hp.caption_weight * loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(tokens))
         return loss
 
@@ -208,9 +235,12 @@ class CaptioningTask(L.LightningModule):
             )
         datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len))
         pp = datamodule.preprocessing
+        # CoCa: the same captioner config, built with text-only first blocks and a contrastive head.
+        coca = {"contrastive": True} if cfg.task.get("contrastive_weight", 0) > 0 else {}
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
-                            _convert_="all")
+                            _convert_="all", **coca)
         config = checkpoint_config(cfg, pp, model)
+        config["model"].update(coca)
         if getattr(model.decoder, "arch", None):  # a GPT-2 decoder: rebuilt later without its files
             config["model"]["decoder_arch"] = model.decoder.arch
         kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}

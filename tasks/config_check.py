@@ -39,10 +39,13 @@ _HANDLED_KEYS = {
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ValueError listing every unknown key or mistyped value under a ``_target_``."""
+    # task=captioning model=resnet18: named now, not as a bad keyword later. First: a task's
+    # settings for its own data (task=retrieval's data.train_mode) are unknown keys to data that
+    # does not fit it, and the misfit is what to report.
+    check_task_fits(cfg)
     problems = [p for path, node in _target_nodes(cfg, "") for p in _check_node(path, node)]
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
-    check_task_fits(cfg)  # task=captioning model=resnet18: named now, not as a bad keyword later
 
 
 def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:

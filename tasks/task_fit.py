@@ -1,8 +1,9 @@
 """Do the chosen model and data presets fit the chosen task? Said at compose time, before any data is read.
 
 Each task class names the model factories it builds with (``MODEL_TARGETS``: a classifier
-for classification / medical, a captioner for captioning, an MAE for pretrain) and the data
-it needs (``DATA_YIELDS``: "labels", "captions" or None for any), and a split factory says
+for classification / medical, a captioner for captioning, a CLIP model for retrieval, an MAE
+for pretrain; None: no model group, as task=zeroshot's) and the data it needs
+(``DATA_YIELDS``: "labels", "captions" or None for any), and a split factory says
 what it yields (its ``yields`` attribute, "labels" when absent). Without this check
 ``task=captioning model=resnet18`` would fail deep inside the build with an unexpected keyword,
 and ``task=classification data=scenes`` with "num_classes must be >= 1", after the data is
@@ -26,17 +27,23 @@ def check_task_fits(cfg: DictConfig) -> None:
     """Raise ValueError when ``cfg.model._target_`` is not a factory ``cfg.task`` builds with, or
     ``cfg.data`` does not yield what it trains on (labels, captions)."""
     task_target = cfg.get("task", {}).get("_target_") if isinstance(cfg.get("task"), DictConfig) else None
-    model = cfg.get("model")
-    if not task_target or not isinstance(model, DictConfig) or "_target_" not in model:
+    if not task_target:
         return
     try:
         task_cls = get_class(task_target)
-        accepted = getattr(task_cls, "MODEL_TARGETS", None)
-        model_fn = get_method(model._target_)
     except Exception:  # noqa: BLE001 - an unimportable target is reported by check_config itself
         return
     _check_data(cfg, task_cls, task_target)
-    if accepted is None or any(_same(model_fn, t) for t in accepted):
+    # No model group (task=zeroshot takes its model from ckpt_path): nothing more to check.
+    model = cfg.get("model")
+    accepted = getattr(task_cls, "MODEL_TARGETS", None)
+    if accepted is None or not isinstance(model, DictConfig) or "_target_" not in model:
+        return
+    try:
+        model_fn = get_method(model._target_)
+    except Exception:  # noqa: BLE001 - an unimportable target is reported by check_config itself
+        return
+    if any(_same(model_fn, t) for t in accepted):
         return
     task_names = _presets("task", ("task", "_target_"), lambda t: _same(task_cls, t, get_class))
     model_names = _presets("model", ("_target_",), lambda t: _same(model_fn, t))

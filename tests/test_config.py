@@ -50,7 +50,7 @@ def targets(node: object) -> list[str]:
 
 # A model or data preset made for one task composes with that task (the others refuse it by name).
 TASK_OF = {
-    "model": {"captioner_tiny": "captioning", "captioner_base": "captioning", "mae": "pretrain"},
+    "model": {"captioner_tiny": "captioning", "captioner_base": "captioning", "mae": "pretrain", "clip_tiny": "retrieval"},
     "data": {n: "captioning" for n in ("scenes", "captions", "coco", "karpathy", "flickr8k", "caption_table")},
 }
 

@@ -61,6 +61,13 @@ def test_misspelled_override_fails_at_composition() -> None:
         (["task=captioning", "data=shapes"], r"task=captioning needs data with captions; data=shapes .*yields labels: "
          r"choose data=caption_table .*data=scenes or data=webdataset$"),
         (["task=medical", "data=coco"], r"task=medical needs data with labels; data=caption_table\|captions\|coco"),
+        (["task=retrieval", "model=captioner_tiny"], r"task=retrieval does not take model=captioner_base\|captioner_tiny "
+         r".* choose model=clip_tiny$"),
+        (["task=classification", "model=clip_tiny"], r"task=classification does not take model=clip_tiny "
+         r"\(mmtrans.models.create_clip\)"),
+        (["task=retrieval", "data=shapes"], r"task=retrieval needs data with captions; data=shapes"),
+        # No model group: the data is still checked (class names to prompt with).
+        (["task=zeroshot", "data=scenes"], r"task=zeroshot needs data with labels; data=scenes .*yields captions"),
     ],
 )
 def test_preset_that_does_not_fit_the_task_is_named(overrides: list[str], message: str) -> None:
@@ -71,7 +78,8 @@ def test_preset_that_does_not_fit_the_task_is_named(overrides: list[str], messag
 
 def test_presets_that_fit_pass_the_task_check() -> None:
     for overrides in (["task=medical", "model=resnet50"], ["task=pretrain", "data=scenes"],
-                      ["task=pretrain", "data=medical_scans"], ["task=captioning", "data=coco"]):
+                      ["task=pretrain", "data=medical_scans"], ["task=captioning", "data=coco"],
+                      ["task=retrieval", "data=coco"], ["task=zeroshot", "data=medmnist"]):
         check_config(compose_cfg(*overrides))
 
 

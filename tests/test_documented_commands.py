@@ -85,8 +85,8 @@ def test_commands_were_found_and_not_run_entries_are_documented() -> None:
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory) -> dict[str, Any]:
-    """Small data in every format, and a tiny classification and pretrain run to point
-    `<run>` placeholders at."""
+    """Small data in every format, and a tiny classification, pretrain and retrieval run to
+    point `<run>` placeholders at (task=zeroshot's at the retrieval run)."""
     root = tmp_path_factory.mktemp("docs")
     table, csv_images = fixture_data.medical_csv(root / "csv")
     found: dict[str, Any] = {
@@ -96,7 +96,8 @@ def fixtures(tmp_path_factory) -> dict[str, Any]:
     }
     # The MAE at the size the documented pretrain runs have (32 px: patch 4, mae.yaml's depth 4),
     # only narrower: the commands that take its encoder must name that architecture themselves.
-    for task, tiny in (("classification", [*ENCODER, *RUN]), ("pretrain", [*WIDTH, *DECODER, *RUN_ANY_SIZE])):
+    for task, tiny in (("classification", [*ENCODER, *RUN]), ("pretrain", [*WIDTH, *DECODER, *RUN_ANY_SIZE]),
+                       ("retrieval", [*TINY_MODEL["clip"], *RUN])):
         run = root / f"{task}_run"
         overrides = [f"task={task}", *tiny, *TINY_TASK[task], *PROCEDURAL, *LIMIT, f"paths.output_dir={run}"]
         train(compose_cfg(*overrides))
@@ -109,12 +110,17 @@ WIDTH = ["model.embed_dim=32", "model.num_heads=2"]
 ENCODER = [*WIDTH, "model.depth=1", "model.patch_size=8"]
 DECODER = ["model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2"]
 TINY_MODEL = {"vit_tiny": ENCODER, "cnn": ["data.img_size=16"], "captioner": [*ENCODER, *DECODER],
-              "mae": [*ENCODER, *DECODER]}
+              "mae": [*ENCODER, *DECODER],
+              "clip": [*ENCODER, "model.text_embed_dim=32", "model.text_depth=1", "model.text_num_heads=2",
+                       "model.joint_dim=16"],
+              None: []}  # task=zeroshot: no model group, the model is the checkpoint's
 TINY_TASK = {
     "classification": [], "medical": ["task.bootstrap_samples=10", "task.num_heatmaps=2"],
     "captioning": ["task.tokenizer.vocab_size=120", "task.generation.max_new_tokens=4", "task.generation.num_beams=1",
                    "task.max_len=16", "model.max_len=16"],
     "pretrain": ["task.num_samples=2"],
+    "retrieval": ["task.tokenizer.vocab_size=120", "task.captions_per_image=2"],
+    "zeroshot": [],
 }
 PROCEDURAL = ["data.num_train=16", "data.num_val=8", "data.num_test=8"]
 RUN_ANY_SIZE = ["data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1",
@@ -123,9 +129,11 @@ RUN = ["data.img_size=32", *RUN_ANY_SIZE]
 LIMIT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1"]
 MODEL_KIND = {"mmtrans.models.create_image_classifier": "vit_tiny", "mmtrans.models.create_cnn_classifier": "cnn",
-              "mmtrans.models.create_captioner": "captioner", "mmtrans.models.create_mae": "mae"}
+              "mmtrans.models.create_captioner": "captioner", "mmtrans.models.create_mae": "mae",
+              "mmtrans.models.create_clip": "clip"}
 TASK_KIND = {"tasks.classification.ClassificationTask": "classification", "tasks.medical.MedicalTask": "medical",
-             "tasks.captioning.CaptioningTask": "captioning", "tasks.pretrain.PretrainTask": "pretrain"}
+             "tasks.captioning.CaptioningTask": "captioning", "tasks.pretrain.PretrainTask": "pretrain",
+             "tasks.retrieval.RetrievalTask": "retrieval", "tasks.zeroshot.ZeroShotTask": "zeroshot"}
 
 
 def compose_cfg(*overrides: str, hydra: bool = False) -> DictConfig:
@@ -165,12 +173,13 @@ def _shared(value: str) -> str | None:
 def placeholders(args: list[str], fx: dict[str, Any], tmp_path: Path) -> list[str]:
     """`<run>` and `.../last.ckpt` (not even valid override syntax) -> the tiny runs made first."""
     out = []
+    ckpt_run = fx["retrieval"] if "task=zeroshot" in args else fx["classification"]  # zero-shot: an image-text model
     for arg in args:
         key, _, value = arg.partition("=")
         if key in ("model.pretrained", "model.encoder_pretrained") and "<run>" in value:
             value = str(fx["pretrain"] / "checkpoints" / "last.ckpt")
         elif key == "ckpt_path" and ("<run>" in value or "..." in value):
-            value = str(fx["classification"] / "checkpoints" / "last.ckpt")
+            value = str(ckpt_run / "checkpoints" / "last.ckpt")
         elif key == "resume_from" and "<run>" in value:
             value = str(tmp_path / "resumed")  # a copy: the resumed run writes into it
             shutil.copytree(fx["classification"], value)
@@ -233,9 +242,11 @@ def test_documented_command(where: str, cmd: str, fixtures, tmp_path: Path) -> N
         return
     args = substitute(args, cfg, fixtures)
     cfg = compose_cfg(*args, f"paths.output_dir={tmp_path}")
-    model, task = MODEL_KIND[cfg.model._target_], TASK_KIND[cfg.task._target_]
+    model, task = MODEL_KIND[cfg.model._target_] if cfg.get("model") else None, TASK_KIND[cfg.task._target_]
     # With the MAE's encoder: only narrower, so a patch size or depth that does not fit it fails here too.
     tiny = [*(WIDTH + (DECODER if model == "captioner" else []) if takes_mae else TINY_MODEL[model]), *TINY_TASK[task]]
+    if cfg.task.get("contrastive_weight", 0) > 0:  # CoCa: model.unimodal_depth (1) text-only blocks, then one more
+        tiny.append("model.decoder_depth=2")
     if "num_train" in cfg.data:
         tiny += PROCEDURAL
     for key in ("model.pretrained", "model.encoder_pretrained"):  # a timm name: the network
@@ -243,7 +254,8 @@ def test_documented_command(where: str, cmd: str, fixtures, tmp_path: Path) -> N
             tiny.append(f"{key}=null")
     resumes = any(a.startswith(("resume_from=", "ckpt_path=")) for a in args) and cfg.train
     mode = ["trainer.max_epochs=2", *LIMIT[1:]] if resumes else ["trainer.fast_dev_run=true"]
-    cfg = compose_cfg(*args, *(RUN_ANY_SIZE if takes_mae else RUN), *tiny, *mode,
+    # The MAE's runs, and zero-shot's (the image size comes from the checkpoint), keep their image size.
+    cfg = compose_cfg(*args, *(RUN_ANY_SIZE if takes_mae or task == "zeroshot" else RUN), *tiny, *mode,
                       f"paths.output_dir={tmp_path / 'run'}")
     metrics, _ = train(cfg)
     run_dir = Path(cfg.resume_from or cfg.paths.output_dir)  # resume_from continues in that run's folder

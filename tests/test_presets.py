@@ -24,9 +24,13 @@ from train import train
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 GROUPS = ("experiment", "debug", "logger", "callbacks", "model", "data", "trainer", "hparams_search", "cluster")
-TASKS = ("classification", "medical", "captioning", "pretrain")
-DEFAULT_MODEL = {"classification": "vit_tiny", "medical": "vit_tiny", "captioning": "captioner_tiny", "pretrain": "mae"}
-DEFAULT_DATA = {"classification": "shapes", "medical": "medical_scans", "captioning": "scenes", "pretrain": "shapes"}
+# task=zeroshot is not in the matrix: it evaluates a checkpoint (tests/test_retrieval_run.py and the
+# documented commands run it on one made by task=retrieval).
+TASKS = ("classification", "medical", "captioning", "pretrain", "retrieval")
+DEFAULT_MODEL = {"classification": "vit_tiny", "medical": "vit_tiny", "captioning": "captioner_tiny", "pretrain": "mae",
+                 "retrieval": "clip_tiny"}
+DEFAULT_DATA = {"classification": "shapes", "medical": "medical_scans", "captioning": "scenes", "pretrain": "shapes",
+                "retrieval": "scenes"}
 
 ENCODER = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=8"]
 DECODER = ["model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2"]
@@ -36,6 +40,8 @@ MODEL_TINY = {
     "resnet18": [], "resnet50": [],
     "captioner_tiny": [*ENCODER, *DECODER], "captioner_base": [*ENCODER, *DECODER],
     "mae": [*ENCODER, *DECODER],
+    "clip_tiny": [*ENCODER, "model.text_embed_dim=32", "model.text_depth=1", "model.text_num_heads=2",
+                  "model.joint_dim=16"],
 }
 TASK_TINY = {
     "classification": [],
@@ -43,6 +49,7 @@ TASK_TINY = {
     "captioning": ["task.tokenizer.vocab_size=120", "task.generation.max_new_tokens=4", "task.generation.num_beams=1",
                    "task.num_logged_samples=2"],
     "pretrain": ["task.num_samples=2"],
+    "retrieval": ["task.tokenizer.vocab_size=120", "task.captions_per_image=2"],
 }
 PROCEDURAL = ["data.num_train=16", "data.num_val=8", "data.num_test=8"]
 RUN = ["data.img_size=32", "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1"]
@@ -154,14 +161,17 @@ PRESETS: dict[str, Run | Compose] = {
     "model=captioner_tiny": Run(("captioning",)),
     "model=captioner_base": Run(("captioning",), expect={"model.encoder_preset": "vit_base", "model.decoder_depth": 6}),
     "model=mae": Run(("pretrain",)),
-    # data: with every task that takes it (labels: classifiers; captions: captioning; pretrain:
+    "model=clip_tiny": Run(("retrieval",), mode=LIMIT, check=_files("retrieval.json"),  # the test's top-k report
+                           expect={"model._target_": "mmtrans.models.create_clip", "model.image_pool": "attn"}),
+    # data: with every task that takes it (labels: classifiers; captions: captioning, retrieval
+    # on the scenes (its default, every run with it above) and on a caption table; pretrain:
     # any, here on captions: on shapes (its default) model=mae runs it, on medical_scans, medmnist
     # and imagefolder conf/task/pretrain.yaml's documented commands do (test_documented_commands.py)).
     "data=shapes": Run(("classification", "medical")), "data=medical_scans": Run(("classification", "medical")),
     "data=imagefolder": Run(("classification", "medical")), "data=medmnist": Run(("classification", "medical")),
     "data=medical_csv": Run(("classification", "medical")),
     "data=scenes": Run(CAPTIONS), "data=coco": Run(CAPTIONS), "data=karpathy": Run(("captioning",)),
-    "data=flickr8k": Run(("captioning",)), "data=caption_table": Run(("captioning",)),
+    "data=flickr8k": Run(("captioning",)), "data=caption_table": Run(("captioning", "retrieval")),
     "data=captions": Run(("captioning",)),
     "data=datamodule": Run(("classification",), expect={"data.splits": "???"}),  # the base: given a reader
     "data=cifar10": Compose("needs CIFAR-10's files in data/cifar (data.download=true fetches them: no network "

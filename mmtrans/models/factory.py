@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any
 
+from torch import nn
+
+from mmtrans.nn import get_act_layer, resample_pos_embed
+
 from .captioner import ImageCaptioner
+from .clip import CoCa, ContrastiveModel
 from .cnn import CNNEncoder
 from .heads import ImageClassifier
 from .mae import MaskedAutoencoder
@@ -12,7 +19,7 @@ from .pretrained import create_timm_model, load_pretrained, recorded_encoder_arc
 from .text_decoder import TextDecoder
 from .vit import ARCH_KEYS, VisionTransformer, auto_patch_size, create_vit
 
-__all__ = ["create_captioner", "create_cnn_classifier", "create_encoder", "create_image_classifier", "create_mae",
+__all__ = ["create_captioner", "create_clip", "create_cnn_classifier", "create_encoder", "create_image_classifier", "create_mae",
            "encoder_kwargs"]
 
 
@@ -120,9 +127,17 @@ def create_captioner(
     projector: str = "linear",
     decoder_drop_rate: float = 0.0,
     decoder_arch: dict[str, Any] | None = None,
+    contrastive: bool = False,
+    unimodal_depth: int = 1,
+    joint_dim: int = 128,
+    image_pool: str = "attn",
     **encoder_kwargs: Any,
 ) -> ImageCaptioner:
     """ViT encoder + projector + text decoder with cross-attention.
+
+    ``contrastive``: CoCa (``mmtrans.models.clip.CoCa``): the decoder's first
+    ``unimodal_depth`` blocks are text-only and a contrastive head (``image_pool`` pooling,
+    ``joint_dim`` joint space) is added; otherwise those three arguments are not used.
 
     ``decoder_pretrained`` (a local Hugging Face GPT-2 folder / weights file, or a hub name
     when online) takes the decoder's architecture and weights from GPT-2, so
@@ -151,8 +166,100 @@ def create_captioner(
     else:
         if vocab_size is None:
             raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")
+        if contrastive and not 1 <= unimodal_depth < decoder_depth:
+            raise ValueError(f"a contrastive captioner (CoCa) splits its decoder: model.unimodal_depth={unimodal_depth} "
+                             f"text-only blocks, then cross-attending ones; it must be in [1, model.decoder_depth="
+                             f"{decoder_depth}): raise model.decoder_depth or lower model.unimodal_depth")
         decoder = TextDecoder(
             vocab_size, max_len, decoder_embed_dim, decoder_depth, decoder_num_heads, cross_attention=True,
-            context_dim=context_dim, drop_rate=decoder_drop_rate,
+            context_dim=context_dim, drop_rate=decoder_drop_rate, unimodal_depth=unimodal_depth if contrastive else 0,
         )
+    if contrastive:
+        if decoder.unimodal_depth < 1:
+            raise ValueError("a contrastive captioner (CoCa) needs model.unimodal_depth >= 1 text-only decoder blocks "
+                             "(with model.decoder_pretrained, a GPT-2 decoder cross-attends in every block)")
+        return CoCa(encoder, decoder, joint_dim, projector, image_pool, freeze_encoder=freeze_encoder)
     return ImageCaptioner(encoder, decoder, projector=projector, freeze_encoder=freeze_encoder)
+
+
+def create_clip(
+    encoder_preset: str | None = "vit_tiny",
+    vocab_size: int | None = None,
+    joint_dim: int = 128,
+    image_pool: str = "attn",
+    text_pool: str = "eos",
+    text_embed_dim: int = 192,
+    text_depth: int = 3,
+    text_num_heads: int = 3,
+    max_len: int = 32,
+    img_size: int = 224,
+    patch_size: int | None = None,
+    act_layer: str = "gelu",
+    norm_eps: float = 1e-5,
+    init_logit_scale: float = math.log(1 / 0.07),
+    max_logit_scale: float = 100.0,
+    pretrained: str | None = None,
+    pretrained_tag: str | None = None,
+    **encoder_kwargs: Any,
+) -> ContrastiveModel:
+    """CLIP: a ViT image tower (``create_vit``: preset + ``encoder_kwargs`` such as ``embed_dim``,
+    ``depth``, ``pre_norm``) and a text-only ``TextDecoder`` (``text_*``), pooled and projected
+    to ``joint_dim`` (``ContrastiveModel``). ``act_layer`` ('gelu', 'quick_gelu', 'gelu_tanh')
+    and ``norm_eps`` apply to both towers.
+
+    ``pretrained``: open_clip CLIP weights, a local state dict file (architecture read from it;
+    OpenAI's weights need ``act_layer='quick_gelu'``) or an open_clip model name with
+    ``pretrained_tag`` (online, open_clip installed; QuickGELU set from the tag). The built
+    model's ``arch`` holds the arguments that rebuild it without the weights (checkpoints
+    record them)."""
+    from .convert_open_clip import (
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        clip_kwargs_from_open_clip,
+        convert_open_clip,
+        load_open_clip_state_dict,
+    )
+    from .pretrained import load_state_dict_checked
+
+    state_dict = None
+    if pretrained:
+        state_dict, quick_gelu = load_open_clip_state_dict(pretrained, pretrained_tag)
+        arch = clip_kwargs_from_open_clip(state_dict, encoder_kwargs.get("num_heads"), None,
+                                          "quick_gelu" if quick_gelu else act_layer)
+        if vocab_size is not None and vocab_size != arch["vocab_size"]:
+            raise ValueError(f"vocab_size={vocab_size} but the CLIP weights {pretrained!r} have {arch['vocab_size']} "
+                             "tokens: use their tokenizer (task.tokenizer.pretrained)")
+        encoder_preset, vocab_size, joint_dim, image_pool, text_pool = (
+            None, arch["vocab_size"], arch["joint_dim"], "cls", "eos")
+        text_embed_dim, text_depth, text_num_heads = arch["text_embed_dim"], arch["text_depth"], arch["text_num_heads"]
+        # The image size stays the caller's (the data's): the position table is resampled.
+        max_len, patch_size, act_layer, norm_eps = arch["max_len"], arch["patch_size"], arch["act_layer"], arch["norm_eps"]
+        encoder_kwargs = {**encoder_kwargs, **{k: arch[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio",
+                                                                      "pre_norm")}}
+    if vocab_size is None:
+        raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")
+    if image_pool == "avg":  # open_clip's order: final norm on every token, then the mean
+        encoder_kwargs = {"global_pool": "avg", "fc_norm": False, **encoder_kwargs}
+    act = get_act_layer(act_layer)
+    encoder = create_encoder(encoder_preset, None, img_size=img_size, patch_size=patch_size, act_layer=act,
+                             norm_layer=partial(nn.LayerNorm, eps=norm_eps), **encoder_kwargs)
+    text = TextDecoder(vocab_size, max_len, text_embed_dim, text_depth, text_num_heads, cross_attention=False,
+                       norm_eps=norm_eps, act_layer=act_layer)
+    model = ContrastiveModel(encoder, text, joint_dim, image_pool, text_pool, init_logit_scale=init_logit_scale,
+                             max_logit_scale=max_logit_scale)
+    if state_dict is not None:
+        converted = convert_open_clip(state_dict)
+        grid = encoder.patch_embed.grid_size
+        if converted["encoder.pos_embed"].shape != encoder.pos_embed.shape:
+            side = arch["img_size"] // arch["patch_size"]
+            converted["encoder.pos_embed"] = resample_pos_embed(converted["encoder.pos_embed"], grid, (side, side))
+        load_state_dict_checked(model, converted, str(pretrained))
+        encoder.pretrained_cfg = {**encoder.pretrained_cfg, "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD,
+                                  "source": str(pretrained)}
+    model.arch = dict(
+        encoder_preset=encoder_preset, vocab_size=vocab_size, joint_dim=joint_dim, image_pool=image_pool,
+        text_pool=text_pool, text_embed_dim=text_embed_dim, text_depth=text_depth, text_num_heads=text_num_heads,
+        max_len=max_len, img_size=img_size, patch_size=int(encoder.patch_embed.patch_size[0]), act_layer=act_layer,
+        norm_eps=norm_eps, **{k: v for k, v in encoder_kwargs.items() if k not in ("global_pool", "fc_norm")},
+    )
+    return model

@@ -5,6 +5,11 @@ tokens, MLP) -> final LayerNorm -> LM head tied to the token embedding. Without
 cross-attention it is GPT-2 exactly (see ``convert_gpt2.py``); with it, the cross-attention
 output projections start at zero, so a pretrained language model is unchanged at init.
 Incremental decoding keeps keys/values in a ``DecoderCache`` (one ``BlockCache`` per block).
+
+The first ``unimodal_depth`` blocks may be text-only (no cross-attention): CoCa's text
+encoder and multimodal decoder in one stack. ``forward_unimodal`` runs those blocks alone
+(all blocks of a decoder without cross-attention: CLIP's text tower), optionally with extra
+tokens appended after the text (a class token that pools it).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmtrans.nn import Block, BlockCache
+from mmtrans.nn import Block, BlockCache, get_act_layer
 
 __all__ = ["DecoderCache", "TextDecoder"]
 
@@ -28,8 +33,9 @@ class DecoderCache:
     ``reorder(index)`` selects batch rows (beam search: ``index`` = surviving beams' rows).
     """
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, first_cross_block: int = 0) -> None:
         self.blocks = [BlockCache() for _ in range(depth)]
+        self.first_cross_block = first_cross_block  # text-only blocks come first and cache no context
 
     def __len__(self) -> int:
         return len(self.blocks[0].self_attn) if self.blocks else 0
@@ -37,7 +43,7 @@ class DecoderCache:
     @property
     def has_context(self) -> bool:
         """True once the cross-attention keys/values (image tokens) are cached."""
-        return bool(self.blocks) and self.blocks[0].cross_attn.filled
+        return len(self.blocks) > self.first_cross_block and self.blocks[self.first_cross_block].cross_attn.filled
 
     def reorder(self, index: Tensor) -> None:
         for blk in self.blocks:
@@ -61,16 +67,25 @@ class TextDecoder(nn.Module):
         drop_path_rate: float = 0.0,
         tie_weights: bool = True,
         norm_eps: float = 1e-5,
+        unimodal_depth: int = 0,
+        act_layer: str = "gelu_tanh",
     ) -> None:
         """``context_dim``: width of the cross-attention context (image tokens); ``None`` =
-        ``embed_dim``. ``drop_rate`` applies to the embeddings and each residual branch."""
+        ``embed_dim``. ``drop_rate`` applies to the embeddings and each residual branch.
+        ``unimodal_depth``: with cross-attention, how many blocks come first without it (CoCa);
+        without cross-attention every block is text-only. ``act_layer``: 'gelu_tanh' (GPT-2),
+        'gelu' or 'quick_gelu' (CLIP's text towers)."""
         super().__init__()
+        if cross_attention and not 0 <= unimodal_depth < depth:
+            raise ValueError(f"unimodal_depth={unimodal_depth} must be in [0, depth={depth}) so that some blocks "
+                             "cross-attend the image")
         self.grad_checkpointing = False
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.embed_dim = embed_dim
         self.cross_attention = cross_attention
         self.context_dim = (context_dim or embed_dim) if cross_attention else None
+        self.unimodal_depth = unimodal_depth if cross_attention else depth
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
         self.tok_embed = nn.Embedding(vocab_size, embed_dim)
@@ -80,8 +95,8 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList([
             Block(
                 embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                drop_path=dpr[i], act_layer=partial(nn.GELU, approximate="tanh"),  # GPT-2's "gelu_new"
-                norm_layer=norm_layer, cross_attention=cross_attention, context_dim=context_dim,
+                drop_path=dpr[i], act_layer=get_act_layer(act_layer), norm_layer=norm_layer,
+                cross_attention=i >= self.unimodal_depth, context_dim=context_dim,
             )
             for i in range(depth)
         ])
@@ -127,7 +142,7 @@ class TextDecoder(nn.Module):
         return len(self.blocks) + 1
 
     def new_cache(self) -> DecoderCache:
-        return DecoderCache(len(self.blocks))
+        return DecoderCache(len(self.blocks), self.unimodal_depth)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
@@ -155,16 +170,55 @@ class TextDecoder(nn.Module):
             raise ValueError("this decoder has cross-attention: pass `context` (e.g. image tokens [B, N, D])")
         if not self.cross_attention and context is not None:
             raise ValueError("this decoder has no cross-attention (cross_attention=False) but got a `context`")
-        pos = torch.arange(start, start + L, device=tokens.device)
-        x = self.drop(self.tok_embed(tokens) + self.pos_embed(pos))
+        x = self._embed(tokens, start)
+        x = self._run_blocks(x, 0, len(self.blocks), context, key_padding_mask, context_padding_mask, cache)
+        return self.lm_head(self.norm(x))
+
+    def forward_unimodal(
+        self, tokens: Tensor, key_padding_mask: Tensor | None = None, suffix: Tensor | None = None
+    ) -> Tensor:
+        """Hidden states ``[B, L + S, D]`` after the text-only blocks (before the final norm).
+
+        ``suffix`` ``[B, S, D]``: tokens appended after the text with no position embedding
+        (CoCa's class token): causal attention lets them see the whole text (padding masked)
+        and no text token see them, so the text states are those without a suffix."""
+        B, L = tokens.shape
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds the decoder's max_len={self.max_len}")
+        x = self._embed(tokens, 0)
+        if suffix is not None:
+            x = torch.cat([x, suffix.to(x.dtype)], dim=1)
+            if key_padding_mask is not None:
+                key_padding_mask = torch.cat([key_padding_mask, key_padding_mask.new_zeros(B, suffix.shape[1])], 1)
+        return self._run_blocks(x, 0, self.unimodal_depth, None, key_padding_mask, None, None)
+
+    def forward_multimodal(
+        self, x: Tensor, context: Tensor, key_padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, L, V]`` from the text states of ``forward_unimodal`` (suffix removed):
+        the blocks with cross-attention on ``context``, the final norm and the LM head."""
+        x = self._run_blocks(x, self.unimodal_depth, len(self.blocks), context, key_padding_mask,
+                             context_padding_mask, None)
+        return self.lm_head(self.norm(x))
+
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        return self.drop(self.tok_embed(tokens) + self.pos_embed(pos))
+
+    def _run_blocks(
+        self, x: Tensor, first: int, last: int, context: Tensor | None, key_padding_mask: Tensor | None,
+        context_padding_mask: Tensor | None, cache: DecoderCache | None,
+    ) -> Tensor:
         # Recompute activations in backward (training without a cache only): less memory.
         recompute = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, blk in enumerate(self.blocks):
+        for i in range(first, last):
+            blk = self.blocks[i]
             kwargs = {"key_padding_mask": key_padding_mask, "is_causal": True,
                       "context_padding_mask": context_padding_mask,
                       "cache": cache.blocks[i] if cache is not None else None}
             x = checkpoint(blk, x, context, use_reentrant=False, **kwargs) if recompute else blk(x, context, **kwargs)
-        return self.lm_head(self.norm(x))
+        return x
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -2,12 +2,12 @@
 
 from .attention import Attention, KVCache, build_attn_mask
 from .block import Block, BlockCache
-from .layers import DropPath, LayerScale, Mlp, drop_path
+from .layers import ACT_LAYERS, DropPath, LayerScale, Mlp, QuickGELU, drop_path, get_act_layer
 from .patch_embed import STEMS, ConvStem, PatchEmbed, ShiftedPatchEmbed
 from .pos_embed import resample_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
 
 __all__ = [
-    "STEMS", "Attention", "Block", "BlockCache", "ConvStem", "DropPath", "KVCache", "LayerScale", "Mlp", "PatchEmbed",
-    "ShiftedPatchEmbed",
+    "ACT_LAYERS", "STEMS", "Attention", "Block", "BlockCache", "ConvStem", "DropPath", "KVCache", "LayerScale", "Mlp", "PatchEmbed",
+    "QuickGELU", "ShiftedPatchEmbed", "get_act_layer",
     "build_attn_mask", "drop_path", "resample_pos_embed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
 ]

@@ -1,14 +1,16 @@
-"""Small layers shared by every block: MLP, stochastic depth, LayerScale.
+"""Small layers shared by every block: MLP, stochastic depth, LayerScale, activations.
 
 Names and semantics follow timm so that its checkpoints load without renaming.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DropPath", "LayerScale", "Mlp", "drop_path"]
+__all__ = ["ACT_LAYERS", "DropPath", "LayerScale", "Mlp", "QuickGELU", "drop_path", "get_act_layer"]
 
 
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
@@ -66,3 +68,25 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# Activations by the name a config gives: exact GELU (timm, open_clip), GPT-2's tanh
+# approximation ("gelu_new"), OpenAI CLIP's QuickGELU.
+ACT_LAYERS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": partial(nn.GELU, approximate="tanh"),  # type: ignore[dict-item]
+    "quick_gelu": QuickGELU,
+}
+
+
+def get_act_layer(name: str) -> type[nn.Module]:
+    if name not in ACT_LAYERS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACT_LAYERS)}")
+    return ACT_LAYERS[name]

@@ -1,0 +1,222 @@
+"""Image-text retrieval (CLIP) as a LightningModule: contrastive training, Recall@K evaluation.
+
+Training: each image with one of its captions (a random reference per step when the data
+serves all of them, ``data.train_mode=images``), the other pairs of the global batch as
+negatives: CLIP's symmetric cross-entropy with a learned temperature, features gathered
+across DDP processes with gradients (``mmtrans.models.clip.contrastive_loss``).
+Validation/test: every image against every reference caption of the split, image -> text and
+text -> image Recall@1/5/10 and median rank (``mmtrans.metrics.retrieval``); at test time
+``retrieval.json`` holds the top-k of each query. The tokenizer travels inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch import Tensor, nn
+
+from mmtrans.data.bad_images import is_empty_batch
+from mmtrans.metrics.retrieval import retrieval_metrics, top_k
+from mmtrans.models.clip import contrastive_loss
+from mmtrans.optim import adamw, param_groups
+from mmtrans.text import CaptionTokenizer
+from tasks.checkpoint import checkpoint_config
+from tasks.schedule import warmup_cosine_config
+
+__all__ = ["RetrievalTask", "build_tokenizer", "sample_captions"]
+
+
+def sample_captions(batch: dict[str, Any], k: int = 1) -> list[str]:
+    """``k`` captions per image, image-major: the pair's (``caption``, k must be 1), or ``k`` of
+    its references drawn at random (``captions``; without replacement while there are enough;
+    torch's generator, so seeded runs repeat)."""
+    if "caption" in batch:
+        if k != 1:
+            raise ValueError(f"task.captions_per_image={k} needs every reference of an image in a batch: "
+                             "set data.train_mode=images")
+        return list(batch["caption"])
+    out = []
+    for refs in batch["captions"]:
+        order = torch.randperm(len(refs)).tolist()
+        while len(order) < k:  # fewer references than k: repeat some
+            order += torch.randperm(len(refs)).tolist()
+        out += [refs[i] for i in order[:k]]
+    return out
+
+
+def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptionTokenizer:
+    """A pretrained tokenizer (``task.tokenizer.pretrained``), or a BPE trained on the training
+    captions; saved in the run folder."""
+    tok_cfg = cfg.task.get("tokenizer") or {}
+    if tok_cfg.get("pretrained"):
+        tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
+    else:
+        tokenizer = CaptionTokenizer.train(datamodule.splits.train.all_captions(), vocab_size=tok_cfg.get("vocab_size", 1000))
+    if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
+        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+    return tokenizer
+
+
+class RetrievalTask(L.LightningModule):
+    # The model factories this task builds a model with (checked first: tasks/task_fit.py).
+    MODEL_TARGETS = ("mmtrans.models.create_clip",)
+    DATA_YIELDS = "captions"  # captioned images
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: CaptionTokenizer,
+        config: dict | None = None,
+        preprocessing: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        max_len: int = 32,
+        top_k: int = 5,
+        captions_per_image: int = 1,
+    ) -> None:
+        """``model``: anything with ``encode_image``, ``encode_text(tokens, key_padding_mask)``
+        and ``head.scale()`` (``ContrastiveModel``). ``top_k``: candidates per query in
+        retrieval.json. ``captions_per_image``: references of each image per training step (1:
+        CLIP; more: each image is trained against several of its captions at once, the
+        multi-positive loss of ``contrastive_loss``)."""
+        super().__init__()
+        if top_k < 1 or captions_per_image < 1:
+            raise ValueError(f"task.top_k and task.captions_per_image must be >= 1, got {top_k}, {captions_per_image}")
+        self.save_hyperparameters(ignore=["model", "tokenizer"])
+        self.model = model
+        self.tokenizer = tokenizer
+        self._outputs: list[tuple[str, Tensor, list[str], Tensor]] = []
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        tokens, pad, _ = self.tokenizer.encode_batch(captions, self.hparams.max_len)
+        return self.model.encode_text(tokens.to(self.device), pad.to(self.device))
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images = batch["image"]
+        image_emb = self.model.encode_image(images)
+        k = self.hparams.captions_per_image
+        text_emb = self.encode_text(sample_captions(batch, k))
+        scale = self.model.head.scale()
+        loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(images))
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        if is_empty_batch(batch):  # every image unreadable, with data.on_bad_image=skip
+            return
+        image_emb = self.model.encode_image(batch["image"]).float().cpu()
+        refs = [list(r) for r in batch["captions"]]
+        text_emb = self.encode_text([c for r in refs for c in r]).float().cpu()
+        start = 0
+        for image_id, emb, captions in zip(batch["image_id"], image_emb, refs):
+            self._outputs.append((str(image_id), emb, captions, text_emb[start:start + len(captions)]))
+            start += len(captions)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _gathered(self) -> list[tuple[str, Tensor, list[str], Tensor]]:
+        outputs, self._outputs = self._outputs, []
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, outputs)
+            outputs = [o for part in parts for o in part]
+        return list({o[0]: o for o in outputs}.values())  # a distributed sampler may repeat images
+
+    def _evaluate(self, split: str) -> dict[str, Any] | None:
+        outputs = self._gathered()
+        if not outputs:
+            return None
+        images = torch.stack([o[1] for o in outputs])
+        texts = torch.cat([o[3] for o in outputs])
+        text_image = torch.cat([torch.full((len(o[2]),), i) for i, o in enumerate(outputs)])
+        sim = images @ texts.T
+        metrics = retrieval_metrics(sim, text_image)
+        for name, value in metrics.items():  # every process logs the same (gathered) value
+            self.log(f"{split}/{name}", value, prog_bar=name in ("i2t_r1", "t2i_r1"), rank_zero_only=False)
+        return {"outputs": outputs, "sim": sim, "metrics": metrics}
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        result = self._evaluate("test")
+        if result is not None and self.trainer.is_global_zero:
+            out = Path(self.trainer.default_root_dir) / "retrieval.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.top_k_report(**result), indent=1) + "\n")
+
+    def top_k_report(self, outputs: list, sim: Tensor, metrics: dict[str, float]) -> dict[str, Any]:
+        """The ``top_k`` captions of each image and images of each caption, with scores and
+        whether each candidate is a reference."""
+        k = self.hparams.top_k
+        ids = [o[0] for o in outputs]
+        captions = [(c, i) for i, o in enumerate(outputs) for c in o[2]]
+        t_index, t_score = top_k(sim, k)
+        i_index, i_score = top_k(sim.T, k)
+        image_to_text = [
+            {"image_id": ids[i], "references": outputs[i][2],
+             "top_k": [{"caption": captions[j][0], "image_id": ids[captions[j][1]], "score": round(float(s), 4),
+                        "match": captions[j][1] == i} for j, s in zip(t_index[i].tolist(), t_score[i])]}
+            for i in range(len(ids))
+        ]
+        text_to_image = [
+            {"caption": c, "image_id": ids[img],
+             "top_k": [{"image_id": ids[j], "score": round(float(s), 4), "match": j == img}
+                       for j, s in zip(i_index[t].tolist(), i_score[t])]}
+            for t, (c, img) in enumerate(captions)
+        ]
+        return {"metrics": metrics, "image_to_text": image_to_text, "text_to_image": text_to_image}
+
+    # -- checkpoint and optimiser ----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.to_json()  # a plain string: weights_only-safe
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups(self.model, hp.lr, hp.weight_decay)
+        return warmup_cosine_config(self.trainer, adamw(groups, hp.lr, hp.betas), hp.warmup_epochs, hp.min_lr_ratio)
+
+    # -- construction from the config (train.py) -------------------------------------------
+    @classmethod
+    def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> RetrievalTask:
+        """Tokenizer (trained on the training captions, or pretrained), model sized to its
+        vocabulary and built for the data's resolved preprocessing, then the task."""
+        datamodule.setup("fit")
+        if cfg.model.get("pretrained") and not (cfg.task.get("tokenizer") or {}).get("pretrained"):
+            raise ValueError("model.pretrained (CLIP weights) needs their tokenizer: set task.tokenizer.pretrained "
+                             "to a local Hugging Face tokenizer folder (e.g. openai/clip-vit-base-patch32's)")
+        tokenizer = build_tokenizer(cfg, datamodule)
+        pp = datamodule.preprocessing
+        model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
+                            _convert_="all")
+        want = getattr(model.encoder, "pretrained_cfg", {})
+        if cfg.model.get("pretrained") and [round(v, 4) for v in (*pp.mean, *pp.std)] != [
+                round(v, 4) for v in (*want["mean"], *want["std"])]:
+            mean, std = (",".join(f"{v:.8g}" for v in want[k]) for k in ("mean", "std"))
+            raise ValueError(f"the CLIP weights {cfg.model.pretrained} expect images normalised with mean "
+                             f"{list(want['mean'])} and std {list(want['std'])}, the data gives {list(pp.mean)} and "
+                             f"{list(pp.std)}: add data.mean=[{mean}] data.std=[{std}]")
+        config = checkpoint_config(cfg, pp, model)
+        config["model"].update(getattr(model, "arch", None) or {})  # what pretrained weights implied
+        kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "tokenizer"}
+        return instantiate(kwargs, _partial_=True, _convert_="all")(
+            model=model, tokenizer=tokenizer, config=config, preprocessing=pp.as_dict()
+        )
