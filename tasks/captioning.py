@@ -14,7 +14,6 @@ contrastive``. With ``contrastive_weight=0`` the plain captioner is built and tr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
@@ -34,6 +32,7 @@ from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from mmtrans.viz import caption_grid
+from tasks.caption_tokenizer import build_tokenizer
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
@@ -213,18 +212,7 @@ class CaptioningTask(L.LightningModule):
         """Tokenizer (trained on the training captions, or pretrained), model sized to its
         vocabulary and built for the data's resolved preprocessing, then the task."""
         datamodule.setup("fit")
-        # Set before training the tokenizer, so that every DDP process (its launcher passes the
-        # environment on) trains it the same way: loader workers tokenise one batch each, and
-        # the tokenizer's own threads would only compete with them (and warn after the fork).
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        tok_cfg = cfg.task.get("tokenizer") or {}
-        if tok_cfg.get("pretrained"):
-            tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
-        else:
-            texts = datamodule.splits.train.all_captions()
-            tokenizer = CaptionTokenizer.train(texts, vocab_size=tok_cfg.get("vocab_size", 1000))
-        if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
-            tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
+        tokenizer = build_tokenizer(cfg, datamodule)
         # Tokenising moves into the loader (its workers): the collate gets the tokenizer now,
         # before any loader exists.
         collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
@@ -28,10 +27,11 @@ from mmtrans.metrics.retrieval import retrieval_metrics, top_k
 from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
+from tasks.caption_tokenizer import build_tokenizer
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
-__all__ = ["RetrievalTask", "build_tokenizer", "sample_captions"]
+__all__ = ["RetrievalTask", "sample_captions"]
 
 
 def sample_captions(batch: dict[str, Any], k: int = 1) -> list[str]:
@@ -50,19 +50,6 @@ def sample_captions(batch: dict[str, Any], k: int = 1) -> list[str]:
             order += torch.randperm(len(refs)).tolist()
         out += [refs[i] for i in order[:k]]
     return out
-
-
-def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptionTokenizer:
-    """A pretrained tokenizer (``task.tokenizer.pretrained``), or a BPE trained on the training
-    captions; saved in the run folder."""
-    tok_cfg = cfg.task.get("tokenizer") or {}
-    if tok_cfg.get("pretrained"):
-        tokenizer = CaptionTokenizer.from_pretrained(tok_cfg.pretrained)
-    else:
-        tokenizer = CaptionTokenizer.train(datamodule.splits.train.all_captions(), vocab_size=tok_cfg.get("vocab_size", 1000))
-    if rank_zero_only.rank == 0:  # one writer: under DDP every process builds the same tokenizer
-        tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
-    return tokenizer
 
 
 class RetrievalTask(L.LightningModule):
