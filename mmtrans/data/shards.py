@@ -195,11 +195,16 @@ class ShardDataset(IterableDataset):
         """Raw samples ({"__key__", "__url__", "png", "cls", ...}) of this reader, one pass."""
         import webdataset as wds
 
+        # Which reader reads what is fixed (shard or sample index modulo readers): readers seed
+        # their shuffles differently (rank, worker), so a share drawn after a shuffle would give
+        # two DDP ranks or workers the same shard in one pass and nobody another. Each reader
+        # shuffles only its own share; the shuffle buffer mixes across its shards.
         urls = list(self.urls)
-        if self.train:
-            rng.shuffle(urls)
         if len(urls) >= readers:
-            yield from wds.tarfile_samples([{"url": u} for u in urls[reader::readers]])
+            mine = urls[reader::readers]
+            if self.train:
+                rng.shuffle(mine)
+            yield from wds.tarfile_samples([{"url": u} for u in mine])
             return
         for i, sample in enumerate(wds.tarfile_samples([{"url": u} for u in urls])):
             if i % readers == reader:

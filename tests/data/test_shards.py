@@ -110,3 +110,15 @@ def test_two_loader_workers_read_every_sample_once(shapes_shards: Path) -> None:
     train = dm.train_dataloader()
     batches = list(train)
     assert len(batches) == len(train) == 24 // 4 and all(b["image"].shape == (4, 3, 16, 16) for b in batches)
+
+
+@pytest.mark.parametrize("readers", [2, 3, 5])  # 3 training shards: a shard each or samples modulo readers
+def test_readers_share_a_pass_disjointly_whatever_their_seeds(shapes_shards: Path, readers: int) -> None:
+    """DDP ranks x loader workers are readers with different random states (rank and worker go
+    into their seeds); in every pass each training sample goes to exactly one of them."""
+    import random
+
+    train = webdataset_splits(str(shapes_shards), batch_size=4).train
+    keys = [[s["__key__"] for s in train._samples(r, readers, random.Random(f"seed-{r}"))] for r in range(readers)]
+    flat = [k for share in keys for k in share]
+    assert len(flat) == len(set(flat)) == 24, [len(share) for share in keys]
