@@ -48,6 +48,15 @@ _TEXT_KEYS = {"token_embedding.weight": "text.tok_embed.weight", "ln_final.weigh
               "ln_final.bias": "text.norm.bias"}
 
 
+
+def _block_key(k: str, key: str, tower: str) -> str:
+    """Our name for ``transformer.resblocks.<i>.<rest>`` (``k``) of a tower; ``key``: the
+    original open_clip key, for the error."""
+    i, rest = k[len("transformer.resblocks."):].split(".", 1)
+    if rest not in _BLOCK_KEYS:
+        raise ValueError(f"unexpected open_clip key {key!r}")
+    return f"{tower}.blocks.{i}.{_BLOCK_KEYS[rest]}"
+
 def is_open_clip_state_dict(state_dict: dict[str, Tensor]) -> bool:
     return "visual.conv1.weight" in state_dict and "token_embedding.weight" in state_dict
 
@@ -109,10 +118,7 @@ def convert_open_clip(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             elif k == "proj":
                 out["head.image_proj.weight"] = v.t().contiguous()
             elif k.startswith("transformer.resblocks."):
-                i, rest = k[len("transformer.resblocks."):].split(".", 1)
-                if rest not in _BLOCK_KEYS:
-                    raise ValueError(f"unexpected open_clip key {key!r}")
-                out[f"encoder.blocks.{i}.{_BLOCK_KEYS[rest]}"] = v
+                out[_block_key(k, key, "encoder")] = v
             else:
                 raise ValueError(f"unexpected open_clip key {key!r}")
         elif key in _TEXT_KEYS:
@@ -124,10 +130,7 @@ def convert_open_clip(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         elif key == "logit_scale":
             out["head.logit_scale"] = v.reshape(())
         elif key.startswith("transformer.resblocks."):
-            i, rest = key[len("transformer.resblocks."):].split(".", 1)
-            if rest not in _BLOCK_KEYS:
-                raise ValueError(f"unexpected open_clip key {key!r}")
-            out[f"text.blocks.{i}.{_BLOCK_KEYS[rest]}"] = v
+            out[_block_key(key, key, "text")] = v
         else:
             raise ValueError(f"unexpected open_clip key {key!r}")
     out["text.lm_head.weight"] = out["text.tok_embed.weight"]  # tied; unused by CLIP
