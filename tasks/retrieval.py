@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
+from mmtrans.data.captions import CaptionCollate
 from mmtrans.metrics.retrieval import retrieval_metrics, top_k
 from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
@@ -31,25 +32,21 @@ from tasks.caption_tokenizer import build_tokenizer
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
-__all__ = ["RetrievalTask", "sample_captions"]
+__all__ = ["RetrievalTask", "sample_references"]
 
 
-def sample_captions(batch: dict[str, Any], k: int = 1) -> list[str]:
-    """``k`` captions per image, image-major: the pair's (``caption``, k must be 1), or ``k`` of
-    its references drawn at random (``captions``; without replacement while there are enough;
-    torch's generator, so seeded runs repeat)."""
-    if "caption" in batch:
-        if k != 1:
-            raise ValueError(f"task.captions_per_image={k} needs every reference of an image in a batch: "
-                             "set data.train_mode=images")
-        return list(batch["caption"])
-    out = []
-    for refs in batch["captions"]:
-        order = torch.randperm(len(refs)).tolist()
+def sample_references(counts: Tensor, k: int = 1) -> Tensor:
+    """Rows of ``k`` references per image, image-major, into the image-major rows of all
+    references (``counts[i]`` of image ``i``): drawn at random without replacement while
+    there are enough (torch's generator, so seeded runs repeat)."""
+    starts = torch.cumsum(counts, 0) - counts
+    rows = []
+    for start, n in zip(starts.tolist(), counts.tolist()):
+        order = torch.randperm(n).tolist()
         while len(order) < k:  # fewer references than k: repeat some
-            order += torch.randperm(len(refs)).tolist()
-        out += [refs[i] for i in order[:k]]
-    return out
+            order += torch.randperm(n).tolist()
+        rows += [start + i for i in order[:k]]
+    return torch.tensor(rows, dtype=torch.long)
 
 
 class RetrievalTask(L.LightningModule):
@@ -85,16 +82,32 @@ class RetrievalTask(L.LightningModule):
         self.tokenizer = tokenizer
         self._outputs: list[tuple[str, Tensor, list[str], Tensor]] = []
 
-    def encode_text(self, captions: list[str]) -> Tensor:
-        tokens, pad, _ = self.tokenizer.encode_batch(captions, self.hparams.max_len)
-        return self.model.encode_text(tokens.to(self.device), pad.to(self.device))
+    @staticmethod
+    def _tokens(batch: dict[str, Any], key: str) -> None:
+        if key not in batch:
+            raise ValueError(
+                "retrieval batches carry token ids, tokenised in the loader by mmtrans.data.captions.CaptionCollate "
+                f"(set by RetrievalTask.build via DataModule.set_collate); this batch has only {sorted(batch)}"
+            )
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"]
         image_emb = self.model.encode_image(images)
         k = self.hparams.captions_per_image
-        text_emb = self.encode_text(sample_captions(batch, k))
+        if "caption" in batch:  # (image, caption) pairs
+            if k != 1:
+                raise ValueError(f"task.captions_per_image={k} needs every reference of an image in a batch: "
+                                 "set data.train_mode=images")
+            self._tokens(batch, "tokens")
+            tokens, pad = batch["tokens"], batch["padding_mask"]
+        else:  # every reference of each image: k of them, at random
+            self._tokens(batch, "ref_tokens")
+            rows = sample_references(batch["ref_counts"].cpu(), k).to(batch["ref_tokens"].device)
+            tokens, pad = batch["ref_tokens"][rows], batch["ref_padding_mask"][rows]
+            keep = int((~pad).sum(1).max())  # the drawn rows may be shorter than the batch's longest
+            tokens, pad = tokens[:, :keep], pad[:, :keep]
+        text_emb = self.model.encode_text(tokens, pad)
         scale = self.model.head.scale()
         loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
@@ -105,9 +118,10 @@ class RetrievalTask(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any]) -> None:
         if is_empty_batch(batch):  # every image unreadable, with data.on_bad_image=skip
             return
+        self._tokens(batch, "ref_tokens")
         image_emb = self.model.encode_image(batch["image"]).float().cpu()
+        text_emb = self.model.encode_text(batch["ref_tokens"], batch["ref_padding_mask"]).float().cpu()
         refs = [list(r) for r in batch["captions"]]
-        text_emb = self.encode_text([c for r in refs for c in r]).float().cpu()
         start = 0
         for image_id, emb, captions in zip(batch["image_id"], image_emb, refs):
             self._outputs.append((str(image_id), emb, captions, text_emb[start:start + len(captions)]))
@@ -191,6 +205,12 @@ class RetrievalTask(L.LightningModule):
             raise ValueError("model.pretrained (CLIP weights) needs their tokenizer: set task.tokenizer.pretrained "
                              "to a local Hugging Face tokenizer folder (e.g. openai/clip-vit-base-patch32's)")
         tokenizer = build_tokenizer(cfg, datamodule)
+        # Tokenising moves into the loader (its workers), every reference of an image included.
+        collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
+        if not hasattr(collate, "with_tokenizer"):
+            raise ValueError("task=retrieval tokenises in the data loader: data.collate must be "
+                             f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}")
+        datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len, references=True))
         pp = datamodule.preprocessing
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
                             _convert_="all")

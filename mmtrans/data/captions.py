@@ -118,26 +118,36 @@ class CaptionCollate:
     """`collate_captions`, and with a tokenizer (a `CaptionTokenizer`, or anything with its
     `encode_batch`) the training captions (`caption`, one per item) as `tokens` (LongTensor
     [B, L], bos ... eos, right-padded), `padding_mask` (BoolTensor [B, L], True = pad) and
-    `num_truncated` (captions cut to `max_len`). Batches of all references (`captions`, for
-    evaluation) are left as text.
+    `num_truncated` (captions cut to `max_len`). Batches of all references (`captions`) are
+    left as text, unless `references=True` (retrieval, which embeds every reference): then
+    they are tokenised too, image-major, as `ref_tokens`, `ref_padding_mask` and `ref_counts`
+    (LongTensor [B], references per image); the text stays in `captions`.
 
-    Built without a tokenizer from the config; the captioning task, once it has trained its
-    tokenizer, passes `with_tokenizer(...)` to the DataModule before any loader exists, so
-    the tokenizer is pickled into the loader workers and tokenising runs there.
+    Built without a tokenizer from the config; the captioning and retrieval tasks, once they
+    have their tokenizer, pass `with_tokenizer(...)` to the DataModule before any loader
+    exists, so the tokenizer is pickled into the loader workers and tokenising runs there.
     """
 
-    def __init__(self, tokenizer: Any = None, max_len: int | None = None) -> None:
+    def __init__(self, tokenizer: Any = None, max_len: int | None = None, references: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.references = references
 
-    def with_tokenizer(self, tokenizer: Any, max_len: int | None) -> CaptionCollate:
-        return CaptionCollate(tokenizer, max_len)
+    def with_tokenizer(self, tokenizer: Any, max_len: int | None, references: bool = False) -> CaptionCollate:
+        return CaptionCollate(tokenizer, max_len, references)
 
     def __call__(self, batch: Sequence[dict]) -> dict:
         out = collate_captions(batch)
-        if self.tokenizer is not None and "caption" in out:
+        if self.tokenizer is None:
+            return out
+        if "caption" in out:
             tokens, padding_mask, num_truncated = self.tokenizer.encode_batch(out["caption"], self.max_len)
             out.update(tokens=tokens, padding_mask=padding_mask, num_truncated=num_truncated)
+        if self.references and "captions" in out:
+            flat = [c for refs in out["captions"] for c in refs]
+            tokens, padding_mask, num_truncated = self.tokenizer.encode_batch(flat, self.max_len)
+            out.update(ref_tokens=tokens, ref_padding_mask=padding_mask, num_truncated=num_truncated,
+                       ref_counts=torch.tensor([len(refs) for refs in out["captions"]], dtype=torch.long))
         return out
 
 
