@@ -3,6 +3,7 @@
     python benchmarks/bench_quality.py                     # BreastMNIST: ViT recipe vs ResNet-18, 3 seeds
     python benchmarks/bench_quality.py --jobs 2 --json results/bench_quality/metrics.json
     python benchmarks/bench_quality.py --part captioning   # Flickr8k 1k: with vs without MAE pretraining
+    python benchmarks/bench_quality.py --part contrastive  # Flickr8k 1k: retrieval R@K; CoCa vs captioning
 
 **medmnist** (default): `python train.py task=medical data=medmnist data.path=FILE seed=S` (the
 documented recipe, conf/specialize/medical_vit_tiny_medmnist.yaml) and the same command with
@@ -17,6 +18,13 @@ pretraining on the same training images (--pretrain-epochs) followed by captioni
 encoder for the captioning epochs that the pretraining's time leaves (at the scratch run's cost
 per epoch), so that both spend about the same CPU time (wall times printed beside the scores). Prints BLEU-4 / CIDEr-D of both and
 `RATIO cider_mae_over_scratch`.
+
+**contrastive**: Flickr8k 1k (`data=caption_table`): `task=retrieval` (CLIP-tiny, --retrieval-epochs;
+an epoch reads each training image once, where a captioning epoch reads it once per caption),
+its test image->text / text->image R@1/5/10; and the default captioner against CoCa (the same
+command with `task.contrastive_weight=1`: text-only first decoder blocks and a contrastive loss
+beside the caption loss), both for --caption-epochs, run side by side (--jobs) so that their wall
+times compare. Prints BLEU-4 / CIDEr-D and the time of both and `RATIO cider_coca_over_captioning`.
 
 Each run is `train.py` in a subprocess with its own run folder under --out; `--jobs 2` runs two
 at once (each with half the cores' threads). Never run by pytest beyond `--tiny` (a smoke test).
@@ -128,15 +136,39 @@ def captioning(args: argparse.Namespace) -> dict[str, float]:
     return summary
 
 
+def contrastive(args: argparse.Namespace) -> dict[str, float]:
+    flickr = Path(args.flickr)
+    data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
+    tiny = [*TINY[:-1], "data.batch_size=8"] if args.tiny else []
+    caption = ["task=captioning", *data, f"trainer.max_epochs={args.caption_epochs}", *tiny]
+    jobs = {"captioning": caption, "coca": [*caption, "task.contrastive_weight=1"],
+            "retrieval": ["task=retrieval", *data, f"trainer.max_epochs={args.retrieval_epochs}", *tiny]}
+    print(f"Flickr8k 1k contrastive run: {flickr}, {args.jobs} at a time")
+    results = run_all(jobs, args.out, args.jobs, args.threads)
+    summary = {f"{name}/{k}": v for name, m in results.items() for k, v in m.items() if isinstance(v, float)}
+    r = results["retrieval"]
+    print("retrieval: test i2t R@1/5/10 " + " / ".join(f"{r[f'test/i2t_r{k}']:.3f}" for k in (1, 5, 10))
+          + ", t2i R@1/5/10 " + " / ".join(f"{r[f'test/t2i_r{k}']:.3f}" for k in (1, 5, 10))
+          + f" ({r['process_s']:.0f} s)")
+    for name in ("captioning", "coca"):
+        m = results[name]
+        print(f"{name:>10}: test BLEU-4 {m['test/bleu4']:.3f}, CIDEr-D {m['test/cider']:.3f} ({m['process_s']:.0f} s)")
+    summary["cider_coca_over_captioning"] = results["coca"]["test/cider"] / max(results["captioning"]["test/cider"],
+                                                                                1e-9)
+    print(f"RATIO cider_coca_over_captioning {summary['cider_coca_over_captioning']:.3f}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("medmnist", "captioning"), default="medmnist")
+    ap.add_argument("--part", choices=("medmnist", "captioning", "contrastive"), default="medmnist")
     ap.add_argument("--data", default=str(SHARED / "breastmnist" / "breastmnist.npz"), help="a MedMNIST .npz")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None,
                     help="both models; default: each model's recipe (conf/specialize/medical_*_medmnist.yaml)")
     ap.add_argument("--flickr", default=str(SHARED / "flickr8k_1k"), help="images/ + captions.txt")
     ap.add_argument("--caption-epochs", type=int, default=12, help="captioning from scratch")
+    ap.add_argument("--retrieval-epochs", type=int, default=30, help="contrastive: task=retrieval's epochs")
     ap.add_argument("--pretrain-epochs", type=int, default=30, help="MAE epochs; their time comes out of the captioning's")
     ap.add_argument("--models", type=lambda s: s.split(","), default=["vit", "resnet18"], help="medmnist: vit,resnet18")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
@@ -145,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     ap.add_argument("--tiny", action="store_true", help="a few batches per run: checks the script, measures nothing")
     args = ap.parse_args(argv)
-    summary = medmnist(args) if args.part == "medmnist" else captioning(args)
+    summary = {"medmnist": medmnist, "captioning": captioning, "contrastive": contrastive}[args.part](args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

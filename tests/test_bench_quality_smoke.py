@@ -28,3 +28,27 @@ def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
     for m in ("vit", "resnet18"):  # mean of the two seeds' test AUC
         runs = [numbers[f"{m}_seed{s}/test/auc"] for s in (0, 1)]
         assert numbers[f"{m}/auc_mean"] == sum(runs) / 2
+
+
+def test_bench_quality_contrastive_tiny(tmp_path: Path) -> None:
+    from PIL import Image
+
+    flickr = tmp_path / "flickr"
+    (flickr / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = ["image,caption"]
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(flickr / "images" / f"{i}.jpg")
+        rows += [f"{i}.jpg,a {c} dog runs on the grass number {i % 3}" for c in ("black", "brown")]
+    (flickr / "captions.txt").write_text("\n".join(rows) + "\n")
+    cmd = [sys.executable, "benchmarks/bench_quality.py", "--part", "contrastive", "--tiny", "--jobs", "2",
+           "--flickr", str(flickr), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "c.json")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    numbers = json.loads((tmp_path / "c.json").read_text())
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"RATIO cider_coca_over_captioning {numbers['cider_coca_over_captioning']:.3f}")
+    assert numbers["cider_coca_over_captioning"] == numbers["coca/test/cider"] / max(numbers["captioning/test/cider"], 1e-9)
+    assert "retrieval: test i2t R@1/5/10" in out.stdout and 0 <= numbers["retrieval/test/t2i_r10"] <= 1
+    assert "task.contrastive_weight=1" in json.loads((tmp_path / "runs" / "coca" / "process.json").read_text())[
+        "command"]
