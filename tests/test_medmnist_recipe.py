@@ -63,3 +63,16 @@ def test_bad_input_names_the_value(tmp_path) -> None:
     bad = write_medmnist(tmp_path / "pneumoniamnist.npz", (28, 28), np.arange(16) % 3)  # binary set, label 2
     with pytest.raises(ValueError, match=r"pneumoniamnist.npz: 'train_labels' holds labels 0..2, outside 0..1"):
         run(tmp_path / "b", f"data.path={bad}")
+
+
+def test_recipe_uses_the_ema_callback_of_callbacks_ema_with_decay_0_99(tmp_path) -> None:
+    """The recipe's weight EMA is `callbacks=ema callbacks.ema.decay=0.99` (what was measured),
+    written out in the recipe (a specialize file cannot pick a config group)."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        recipe = compose("config", overrides=["task=medical", "data=medmnist", "data.path=x.npz"])
+        asked = compose("config", overrides=["task=medical", "data=medmnist", "data.path=x.npz", "model=resnet18",
+                                             "callbacks=ema", "callbacks.ema.decay=0.99"])
+    assert OmegaConf.to_container(recipe.callbacks.ema) == OmegaConf.to_container(asked.callbacks.ema)
+    assert OmegaConf.to_container(recipe.callbacks) == OmegaConf.to_container(asked.callbacks)
