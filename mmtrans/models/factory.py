@@ -234,8 +234,8 @@ def create_clip(
         text_embed_dim, text_depth, text_num_heads = arch["text_embed_dim"], arch["text_depth"], arch["text_num_heads"]
         # The image size stays the caller's (the data's): the position table is resampled.
         max_len, patch_size, act_layer, norm_eps = arch["max_len"], arch["patch_size"], arch["act_layer"], arch["norm_eps"]
-        encoder_kwargs = {**encoder_kwargs, **{k: arch[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio",
-                                                                      "pre_norm")}}
+        encoder_kwargs = {**encoder_kwargs, "stem": "patch",  # CLIP's: one patch projection
+                          **{k: arch[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio", "pre_norm")}}
     if vocab_size is None:
         raise ValueError("vocab_size is not set (model.vocab_size); it is normally taken from the tokenizer")
     if image_pool == "avg":  # open_clip's order: final norm on every token, then the mean

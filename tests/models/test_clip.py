@@ -127,6 +127,8 @@ def test_parity_with_a_random_small_open_clip_clip(tmp_path):
     # The same architecture read by hand, and the weights at another image size (table resampled).
     assert clip_kwargs_from_open_clip(ref.state_dict())["depth"] == 2
     assert create_clip(pretrained=str(path), img_size=48).encoder.pos_embed.shape == (1, 1 + 36, 64)
+    # The weights bring their patch stem, whatever stem the config asks for training from scratch.
+    assert create_clip(pretrained=str(path), img_size=32, stem="conv").encoder.stem_type == "patch"
 
 
 def test_open_clip_by_name_offline_gives_the_local_file_route(monkeypatch):
