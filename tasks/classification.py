@@ -54,7 +54,7 @@ class ClassificationTask(L.LightningModule):
         freeze_encoder: bool = False,
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
-        ``prob``, ...), or None. ``freeze_encoder``: train the head only (linear probe).
+        ``prob``, ...), or None; multiclass, ordinal and binary labels (not multilabel). ``freeze_encoder``: train the head only (linear probe).
         ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
         checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
@@ -81,9 +81,14 @@ class ClassificationTask(L.LightningModule):
             model.encoder.requires_grad_(False)
         self.mixup = None
         if mixup:
+            if label_type == "multilabel":
+                raise ValueError(f"task.mixup={dict(mixup)} needs one label per image (timm's Mixup mixes class "
+                                 "indices); label_type=multilabel has several: set task.mixup=null")
             from timm.data import Mixup
 
-            self.mixup = Mixup(**{"label_smoothing": label_smoothing, **mixup, "num_classes": num_classes})
+            # Binary: mixed over the two classes, the positive column is the soft BCE target.
+            self.mixup = Mixup(**{"label_smoothing": label_smoothing, **mixup,
+                                  "num_classes": 2 if label_type == "binary" else num_classes})
         self.val_metrics = self._metrics("val/")
         self.test_metrics = self._metrics("test/")
 
@@ -131,8 +136,10 @@ class ClassificationTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, target = batch["image"], self._targets(batch)
         hard = target
-        if self.mixup is not None and self.hparams.label_type == "multiclass":
-            images, target = self.mixup(images, target)
+        if self.mixup is not None:  # soft targets of mixed images (timm's Mixup needs an even batch)
+            images, target = self.mixup(images, target.long())
+            if self.hparams.label_type == "binary":
+                target = target[:, 1]
         logits = self(images)
         loss = self.loss(logits, target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))

@@ -129,3 +129,21 @@ def test_classifier_with_a_timm_architecture_rebuilds_from_its_checkpoint(monkey
     (tmp_path / "config.json").unlink(missing_ok=True)  # the source is gone: the record suffices
     rebuilt = _build_model({"config": config, "num_classes": 3, "label_type": "multiclass"}, "run.ckpt")
     rebuilt.load_state_dict(model.state_dict())  # every key and shape fits
+
+
+def test_mixup_mixes_binary_targets_and_refuses_multilabel():
+    model = instantiate({**MODEL_CFG, "num_classes": 1})
+    task = ClassificationTask(model, 2, label_type="binary", label_smoothing=0.0, config={"model": MODEL_CFG},
+                              mixup={"mixup_alpha": 1.0, "prob": 1.0})
+    seen = []
+    task.loss = lambda logits, target: seen.append(target) or logits.sum() * 0  # the loss's targets
+    task.log = lambda *a, **k: None
+    torch.manual_seed(0)
+    task.training_step({"image": torch.randn(8, 3, 16, 16), "label": torch.tensor([0, 1] * 4)}, 0)
+    (target,) = seen
+    assert target.shape == (8,) and target.is_floating_point()
+    assert ((target > 0) & (target < 1)).any()  # mixed: soft positive-class targets, in [0, 1]
+    assert ((target >= 0) & (target <= 1)).all()
+    with pytest.raises(ValueError, match="task.mixup=.*multilabel"):
+        ClassificationTask(instantiate({**MODEL_CFG, "num_classes": 3}), 3, label_type="multilabel",
+                           config={"model": MODEL_CFG}, mixup={"mixup_alpha": 0.8})
