@@ -1,4 +1,5 @@
-"""The tokenizer of a caption-reading task (captioning, retrieval), built once per run."""
+"""The tokenizer of a caption-reading task (captioning, retrieval), built once per run, and
+handed to the data loader's collate so that tokenising runs in the loader workers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytorch_lightning as L
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from mmtrans.data.captions import CaptionCollate
 from mmtrans.text import CaptionTokenizer
 
-__all__ = ["build_tokenizer"]
+__all__ = ["build_tokenizer", "tokenise_in_loader"]
 
 
 def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> CaptionTokenizer:
@@ -30,3 +32,15 @@ def build_tokenizer(cfg: DictConfig, datamodule: L.LightningDataModule) -> Capti
     if rank_zero_only.rank == 0:
         tokenizer.save(Path(cfg.paths.output_dir) / "tokenizer")
     return tokenizer
+
+
+def tokenise_in_loader(cfg: DictConfig, datamodule: L.LightningDataModule, tokenizer: CaptionTokenizer,
+                       references: bool = False) -> None:
+    """Give the DataModule's collate the tokenizer before any loader exists (the workers take a
+    copy): training captions become token ids there, and with ``references`` every reference
+    of an image too (``CaptionCollate``)."""
+    collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
+    if not hasattr(collate, "with_tokenizer"):
+        raise ValueError(f"task={cfg.task_name} tokenises in the data loader: data.collate must be "
+                         f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}")
+    datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len, references))

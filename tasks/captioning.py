@@ -25,14 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
-from mmtrans.data.captions import CaptionCollate
 from mmtrans.generation import caption_images
 from mmtrans.metrics import caption_scores
 from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from mmtrans.viz import caption_grid
-from tasks.caption_tokenizer import build_tokenizer
+from tasks.caption_tokenizer import build_tokenizer, tokenise_in_loader
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
@@ -213,15 +212,7 @@ class CaptioningTask(L.LightningModule):
         vocabulary and built for the data's resolved preprocessing, then the task."""
         datamodule.setup("fit")
         tokenizer = build_tokenizer(cfg, datamodule)
-        # Tokenising moves into the loader (its workers): the collate gets the tokenizer now,
-        # before any loader exists.
-        collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
-        if not hasattr(collate, "with_tokenizer"):
-            raise ValueError(
-                "task=captioning tokenises in the data loader: data.collate must be "
-                f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}"
-            )
-        datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len))
+        tokenise_in_loader(cfg, datamodule, tokenizer)
         pp = datamodule.preprocessing
         # CoCa: the same captioner config, built with text-only first blocks and a contrastive head.
         coca = {"contrastive": True} if cfg.task.get("contrastive_weight", 0) > 0 else {}

@@ -54,7 +54,8 @@ class ClassificationTask(L.LightningModule):
         freeze_encoder: bool = False,
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
-        ``prob``, ...), or None; multiclass, ordinal and binary labels (not multilabel). ``freeze_encoder``: train the head only (linear probe).
+        ``prob``, ...), or None; multiclass, ordinal and binary labels (not multilabel).
+        ``freeze_encoder``: train the head only (linear probe).
         ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
         checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal

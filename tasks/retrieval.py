@@ -23,12 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
-from mmtrans.data.captions import CaptionCollate
 from mmtrans.metrics.retrieval import retrieval_metrics, top_k
 from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
-from tasks.caption_tokenizer import build_tokenizer
+from tasks.caption_tokenizer import build_tokenizer, tokenise_in_loader
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
@@ -83,7 +82,7 @@ class RetrievalTask(L.LightningModule):
         self._outputs: list[tuple[str, Tensor, list[str], Tensor]] = []
 
     @staticmethod
-    def _tokens(batch: dict[str, Any], key: str) -> None:
+    def _require(batch: dict[str, Any], key: str) -> None:
         if key not in batch:
             raise ValueError(
                 "retrieval batches carry token ids, tokenised in the loader by mmtrans.data.captions.CaptionCollate "
@@ -99,10 +98,10 @@ class RetrievalTask(L.LightningModule):
             if k != 1:
                 raise ValueError(f"task.captions_per_image={k} needs every reference of an image in a batch: "
                                  "set data.train_mode=images")
-            self._tokens(batch, "tokens")
+            self._require(batch, "tokens")
             tokens, pad = batch["tokens"], batch["padding_mask"]
         else:  # every reference of each image: k of them, at random
-            self._tokens(batch, "ref_tokens")
+            self._require(batch, "ref_tokens")
             rows = sample_references(batch["ref_counts"].cpu(), k).to(batch["ref_tokens"].device)
             tokens, pad = batch["ref_tokens"][rows], batch["ref_padding_mask"][rows]
             keep = int((~pad).sum(1).max())  # the drawn rows may be shorter than the batch's longest
@@ -118,7 +117,7 @@ class RetrievalTask(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any]) -> None:
         if is_empty_batch(batch):  # every image unreadable, with data.on_bad_image=skip
             return
-        self._tokens(batch, "ref_tokens")
+        self._require(batch, "ref_tokens")
         image_emb = self.model.encode_image(batch["image"]).float().cpu()
         text_emb = self.model.encode_text(batch["ref_tokens"], batch["ref_padding_mask"]).float().cpu()
         refs = [list(r) for r in batch["captions"]]
@@ -205,12 +204,7 @@ class RetrievalTask(L.LightningModule):
             raise ValueError("model.pretrained (CLIP weights) needs their tokenizer: set task.tokenizer.pretrained "
                              "to a local Hugging Face tokenizer folder (e.g. openai/clip-vit-base-patch32's)")
         tokenizer = build_tokenizer(cfg, datamodule)
-        # Tokenising moves into the loader (its workers), every reference of an image included.
-        collate = datamodule.collate if datamodule.collate is not None else CaptionCollate()  # data=webdataset
-        if not hasattr(collate, "with_tokenizer"):
-            raise ValueError("task=retrieval tokenises in the data loader: data.collate must be "
-                             f"mmtrans.data.captions.CaptionCollate (or have its with_tokenizer), got {collate!r}")
-        datamodule.set_collate(collate.with_tokenizer(tokenizer, cfg.task.max_len, references=True))
+        tokenise_in_loader(cfg, datamodule, tokenizer, references=True)  # every reference is embedded
         pp = datamodule.preprocessing
         model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size, img_size=pp.img_size, in_chans=pp.in_chans,
                             _convert_="all")
