@@ -51,3 +51,23 @@ def test_sample_references_draws_k_of_each_image_without_replacement() -> None:
     again = sample_references(counts, k=2).view(3, 2)
     torch.manual_seed(0)
     assert torch.equal(again, sample_references(counts, k=2).view(3, 2))  # seeded: repeats
+
+
+def test_tokenise_in_loader_hands_the_tokenizer_over_or_names_the_bad_collate() -> None:
+    from types import SimpleNamespace
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from tasks.caption_tokenizer import tokenise_in_loader
+
+    cfg = OmegaConf.create({"task_name": "retrieval", "task": {"max_len": 12}})
+    tokenizer = CaptionTokenizer.train(["a red circle", "a blue square"], vocab_size=60)
+    given = []
+    dm = SimpleNamespace(collate=None, set_collate=given.append)  # data=webdataset: no collate configured
+    tokenise_in_loader(cfg, dm, tokenizer, references=True)
+    (collate,) = given
+    assert collate.tokenizer is tokenizer and collate.max_len == 12 and collate.references
+    dm.collate = lambda batch: batch
+    with pytest.raises(ValueError, match="task=retrieval tokenises in the data loader: data.collate must be"):
+        tokenise_in_loader(cfg, dm, tokenizer)
