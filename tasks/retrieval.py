@@ -34,17 +34,17 @@ from tasks.schedule import warmup_cosine_config
 __all__ = ["RetrievalTask", "sample_references"]
 
 
-def sample_references(counts: Tensor, k: int = 1) -> Tensor:
+def sample_references(counts: list[int], k: int = 1) -> Tensor:
     """Rows of ``k`` references per image, image-major, into the image-major rows of all
     references (``counts[i]`` of image ``i``): drawn at random without replacement while
     there are enough (torch's generator, so seeded runs repeat)."""
-    starts = torch.cumsum(counts, 0) - counts
-    rows = []
-    for start, n in zip(starts.tolist(), counts.tolist()):
+    rows, start = [], 0
+    for n in counts:
         order = torch.randperm(n).tolist()
         while len(order) < k:  # fewer references than k: repeat some
             order += torch.randperm(n).tolist()
         rows += [start + i for i in order[:k]]
+        start += n
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -102,10 +102,9 @@ class RetrievalTask(L.LightningModule):
             tokens, pad = batch["tokens"], batch["padding_mask"]
         else:  # every reference of each image: k of them, at random
             self._require(batch, "ref_tokens")
-            rows = sample_references(batch["ref_counts"].cpu(), k).to(batch["ref_tokens"].device)
+            # Counts from the text (host lists): no device sync per step.
+            rows = sample_references([len(r) for r in batch["captions"]], k).to(batch["ref_tokens"].device)
             tokens, pad = batch["ref_tokens"][rows], batch["ref_padding_mask"][rows]
-            keep = int((~pad).sum(1).max())  # the drawn rows may be shorter than the batch's longest
-            tokens, pad = tokens[:, :keep], pad[:, :keep]
         text_emb = self.model.encode_text(tokens, pad)
         scale = self.model.head.scale()
         loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)

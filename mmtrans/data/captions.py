@@ -120,8 +120,8 @@ class CaptionCollate:
     [B, L], bos ... eos, right-padded), `padding_mask` (BoolTensor [B, L], True = pad) and
     `num_truncated` (captions cut to `max_len`). Batches of all references (`captions`) are
     left as text, unless `references=True` (retrieval, which embeds every reference): then
-    they are tokenised too, image-major, as `ref_tokens`, `ref_padding_mask` and `ref_counts`
-    (LongTensor [B], references per image); the text stays in `captions`.
+    they are tokenised too, image-major, as `ref_tokens` and `ref_padding_mask` (the rows of
+    image i follow those of images < i: `len(captions[i])` each); the text stays in `captions`.
 
     Built without a tokenizer from the config; the captioning and retrieval tasks, once they
     have their tokenizer, pass `with_tokenizer(...)` to the DataModule before any loader
@@ -146,8 +146,7 @@ class CaptionCollate:
         if self.references and "captions" in out:
             flat = [c for refs in out["captions"] for c in refs]
             tokens, padding_mask, num_truncated = self.tokenizer.encode_batch(flat, self.max_len)
-            out.update(ref_tokens=tokens, ref_padding_mask=padding_mask, num_truncated=num_truncated,
-                       ref_counts=torch.tensor([len(refs) for refs in out["captions"]], dtype=torch.long))
+            out.update(ref_tokens=tokens, ref_padding_mask=padding_mask, num_truncated=num_truncated)
         return out
 
 
