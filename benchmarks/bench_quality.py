@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "task.bootstrap_samples=0"]
+# Caption tasks have no bootstrap CIs; batches of 8 fit a tiny caption table.
+TINY_CAPTIONS = [*TINY[:-1], "data.batch_size=8"]
 
 
 def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
@@ -110,10 +112,16 @@ def medmnist(args: argparse.Namespace) -> dict[str, float]:
     return summary
 
 
-def captioning(args: argparse.Namespace) -> dict[str, float]:
+def flickr_data(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """The Flickr8k caption table (--flickr: images/ + captions.txt) as train.py overrides."""
     flickr = Path(args.flickr)
-    data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
-    tiny = TINY[:-1] if args.tiny else []
+    return flickr, ["data=caption_table", f"data.root={flickr / 'images'}",
+                    f"data.annotations={flickr / 'captions.txt'}"]
+
+
+def captioning(args: argparse.Namespace) -> dict[str, float]:
+    flickr, data = flickr_data(args)
+    tiny = TINY_CAPTIONS if args.tiny else []
     total, pre = args.caption_epochs, args.pretrain_epochs
     scratch = run("caption_scratch", ["task=captioning", *data, f"trainer.max_epochs={total}", *tiny], args.out, args.threads or 2)
     pretrain = run("mae_pretrain", ["task=pretrain", *data, f"trainer.max_epochs={pre}", *tiny], args.out, args.threads or 2)
@@ -137,9 +145,8 @@ def captioning(args: argparse.Namespace) -> dict[str, float]:
 
 
 def contrastive(args: argparse.Namespace) -> dict[str, float]:
-    flickr = Path(args.flickr)
-    data = ["data=caption_table", f"data.root={flickr / 'images'}", f"data.annotations={flickr / 'captions.txt'}"]
-    tiny = [*TINY[:-1], "data.batch_size=8"] if args.tiny else []
+    flickr, data = flickr_data(args)
+    tiny = TINY_CAPTIONS if args.tiny else []
     caption = ["task=captioning", *data, f"trainer.max_epochs={args.caption_epochs}", *tiny]
     jobs = {"captioning": caption, "coca": [*caption, "task.contrastive_weight=1"],
             "retrieval": ["task=retrieval", *data, f"trainer.max_epochs={args.retrieval_epochs}", *tiny]}

@@ -30,7 +30,8 @@ def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
         assert numbers[f"{m}/auc_mean"] == sum(runs) / 2
 
 
-def test_bench_quality_contrastive_tiny(tmp_path: Path) -> None:
+def caption_table(tmp_path: Path) -> Path:
+    """A tiny Flickr8k-style folder: images/ + captions.txt, two captions per image."""
     from PIL import Image
 
     flickr = tmp_path / "flickr"
@@ -41,6 +42,21 @@ def test_bench_quality_contrastive_tiny(tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(flickr / "images" / f"{i}.jpg")
         rows += [f"{i}.jpg,a {c} dog runs on the grass number {i % 3}" for c in ("black", "brown")]
     (flickr / "captions.txt").write_text("\n".join(rows) + "\n")
+    return flickr
+
+
+def test_bench_quality_captioning_tiny(tmp_path: Path) -> None:
+    cmd = [sys.executable, "benchmarks/bench_quality.py", "--part", "captioning", "--tiny", "--flickr",
+           str(caption_table(tmp_path)), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "m.json")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    numbers = json.loads((tmp_path / "m.json").read_text())
+    assert out.stdout.strip().splitlines()[-1] == f"RATIO cider_mae_over_scratch {numbers['cider_mae_over_scratch']:.3f}"
+    assert (tmp_path / "runs" / "mae_pretrain" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bench_quality_contrastive_tiny(tmp_path: Path) -> None:
+    flickr = caption_table(tmp_path)
     cmd = [sys.executable, "benchmarks/bench_quality.py", "--part", "contrastive", "--tiny", "--jobs", "2",
            "--flickr", str(flickr), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "c.json")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
