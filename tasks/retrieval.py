@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
-from mmtrans.metrics.retrieval import retrieval_metrics, top_k
+from mmtrans.metrics.retrieval import retrieval_metrics, text_keys, top_k
 from mmtrans.models.clip import contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
@@ -147,7 +147,8 @@ class RetrievalTask(L.LightningModule):
         texts = torch.cat([o[3] for o in outputs])
         text_image = torch.cat([torch.full((len(o[2]),), i) for i, o in enumerate(outputs)])
         sim = images @ texts.T
-        metrics = retrieval_metrics(sim, text_image)
+        # A caption written identically for several images is a reference of each of them.
+        metrics = retrieval_metrics(sim, text_image, text_key=text_keys([c for o in outputs for c in o[2]]))
         for name, value in metrics.items():  # every process logs the same (gathered) value
             self.log(f"{split}/{name}", value, prog_bar=name in ("i2t_r1", "t2i_r1"), rank_zero_only=False)
         return {"outputs": outputs, "sim": sim, "metrics": metrics}
@@ -164,7 +165,8 @@ class RetrievalTask(L.LightningModule):
 
     def top_k_report(self, outputs: list, sim: Tensor, metrics: dict[str, float]) -> dict[str, Any]:
         """The ``top_k`` captions of each image and images of each caption, with scores and
-        whether each candidate is a reference."""
+        whether each candidate is a reference (by text, as the metrics count: a caption
+        written identically for another image matches too)."""
         k = self.hparams.top_k
         ids = [o[0] for o in outputs]
         captions = [(c, i) for i, o in enumerate(outputs) for c in o[2]]
@@ -173,12 +175,12 @@ class RetrievalTask(L.LightningModule):
         image_to_text = [
             {"image_id": ids[i], "references": outputs[i][2],
              "top_k": [{"caption": captions[j][0], "image_id": ids[captions[j][1]], "score": round(float(s), 4),
-                        "match": captions[j][1] == i} for j, s in zip(t_index[i].tolist(), t_score[i])]}
+                        "match": captions[j][0] in outputs[i][2]} for j, s in zip(t_index[i].tolist(), t_score[i])]}
             for i in range(len(ids))
         ]
         text_to_image = [
             {"caption": c, "image_id": ids[img],
-             "top_k": [{"image_id": ids[j], "score": round(float(s), 4), "match": j == img}
+             "top_k": [{"image_id": ids[j], "score": round(float(s), 4), "match": c in outputs[j][2]}
                        for j, s in zip(i_index[t].tolist(), i_score[t])]}
             for t, (c, img) in enumerate(captions)
         ]

@@ -49,6 +49,14 @@ def test_fit_test_writes_metrics_and_retrieval_json(trained):
     assert len(first["top_k"]) == 5 and len(first["references"]) == 5 and {"caption", "score", "match"} <= set(
         first["top_k"][0])
     assert report["metrics"]["i2t_r1"] == pytest.approx(metrics["test/i2t_r1"])
+    # A candidate matches by text (a caption written for several images is a reference of each),
+    # and the metrics count the same way: R@1 is the share of first candidates that match.
+    for query in report["image_to_text"]:
+        assert [c["match"] for c in query["top_k"]] == [c["caption"] in query["references"] for c in query["top_k"]]
+    top1 = [q["top_k"][0]["match"] for q in report["image_to_text"]]
+    assert metrics["test/i2t_r1"] == pytest.approx(sum(top1) / len(top1))
+    top1 = [q["top_k"][0]["match"] for q in report["text_to_image"]]
+    assert metrics["test/t2i_r1"] == pytest.approx(sum(top1) / len(top1))
     model, info = load_model(metrics["best_ckpt"])  # the checkpoint alone rebuilds model and tokenizer
     assert info["tokenizer"].vocab_size == model.text.vocab_size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtrans.metrics.retrieval import retrieval_metrics, retrieval_ranks, top_k
+from mmtrans.metrics.retrieval import retrieval_metrics, retrieval_ranks, text_keys, top_k
 
 
 def test_ranks_with_several_references_per_image():
@@ -48,3 +48,27 @@ def test_top_k_and_bad_shapes():
         retrieval_metrics(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="image indices"):
         retrieval_metrics(torch.zeros(2, 2), torch.tensor([0, 2]))
+
+
+def test_a_text_written_for_several_images_counts_for_each():
+    # Texts 0 and 2 are the same caption, written for images 0 and 1; text 1 -> image 0, text 3 -> image 1.
+    text_image = torch.tensor([0, 0, 1, 1])
+    key = text_keys(["a red circle", "a large red circle", "a red circle", "a small red circle"])
+    assert key.tolist() == [0, 1, 0, 2]
+    sim = torch.tensor([
+        [0.5, 0.1, 0.9, 0.0],  # image 0: best is text 2, image 1's copy of its own text 0
+        [0.2, 0.4, 0.3, 0.9],  # image 1: its own text 3 first
+    ])
+    i2t, t2i = retrieval_ranks(sim, text_image, key)
+    assert i2t.tolist() == [1, 1]
+    # text 0 ("a red circle", image 0's): column [0.5, 0.2] -> image 0 first; text 2 (the same
+    # caption, image 1's): column [0.9, 0.3] -> image 0 first, which has it too -> rank 1.
+    assert t2i.tolist() == [1, 2, 1, 1]
+    # Without keys every text is its own: image 0 finds image 1's copy first (rank 2), and
+    # text 2 finds image 0 before its own image 1.
+    i2t, t2i = retrieval_ranks(sim, text_image)
+    assert i2t.tolist() == [2, 1] and t2i.tolist() == [1, 2, 2, 1]
+    # All-distinct keys give the same ranks as none.
+    assert [r.tolist() for r in retrieval_ranks(sim, text_image, torch.arange(4) * 7)] == [[2, 1], [1, 2, 2, 1]]
+    with pytest.raises(ValueError, match="text_key"):
+        retrieval_ranks(sim, text_image, torch.zeros(3, dtype=torch.long))
