@@ -26,7 +26,9 @@ from mmtrans.optim import build_adamw
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
-__all__ = ["ClassificationTask", "balanced_class_weights"]
+__all__ = ["TTA", "ClassificationTask", "balanced_class_weights"]
+
+TTA = (None, "hflip")  # task.tta: test-time augmentation of evaluation and prediction
 
 
 class ClassificationTask(L.LightningModule):
@@ -52,10 +54,13 @@ class ClassificationTask(L.LightningModule):
         label_smoothing: float = 0.1,
         mixup: dict | None = None,
         freeze_encoder: bool = False,
+        tta: str | None = None,
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
         ``prob``, ...), or None; multiclass, ordinal and binary labels (not multilabel).
-        ``freeze_encoder``: train the head only (linear probe).
+        ``freeze_encoder``: train the head only (linear probe). ``tta``: test-time augmentation
+        of val, test and predict: "hflip" averages the logits of each image and its mirror
+        image (for data trained with horizontal flips), None: none.
         ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
         checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
@@ -73,6 +78,8 @@ class ClassificationTask(L.LightningModule):
             raise ValueError(f"{len(class_weights)} class_weights for label_type={label_type}, {num_classes} classes")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if tta not in TTA:
+            raise ValueError(f"task.tta must be one of {TTA}, got {tta!r}")
         self.save_hyperparameters(ignore=["model"])
         self.hparams.label_type = label_type
         self.model = model
@@ -106,6 +113,14 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
+
+    def eval_logits(self, images: Tensor) -> Tensor:
+        """Logits for evaluation and prediction: with ``tta="hflip"`` the mean of the image's and
+        its mirror image's."""
+        logits = self(images)
+        if self.hparams.get("tta") == "hflip":
+            logits = (logits + self(images.flip(-1))) / 2
+        return logits
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         label_type, weight = self.hparams.label_type, self.loss_weight
@@ -153,7 +168,7 @@ class ClassificationTask(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], metrics: MetricCollection) -> Tensor:
         target = self._targets(batch)
-        logits = self(batch["image"])
+        logits = self.eval_logits(batch["image"])
         loss = self.loss(logits, target)
         prefix = metrics.prefix
         self.log(f"{prefix}loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target), prog_bar=True)
@@ -168,7 +183,7 @@ class ClassificationTask(L.LightningModule):
         return None if is_empty_batch(batch) else self._eval_step(batch, self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self.probs(self(batch["image"]))
+        return self.probs(self.eval_logits(batch["image"]))
 
     @classmethod
     def build(cls, cfg: DictConfig, datamodule: L.LightningDataModule) -> ClassificationTask:

@@ -95,7 +95,7 @@ class MedicalTask(ClassificationTask):
 
     def _eval_step(self, batch: dict[str, Any], store: PredictionStore) -> Tensor:  # type: ignore[override]
         target = self._targets(batch)
-        logits = self(batch["image"])
+        logits = self.eval_logits(batch["image"])
         loss = self.loss(logits, target)
         self.log(f"{store.prefix}loss", loss, on_epoch=True, sync_dist=True, batch_size=len(target), prog_bar=True)
         probs = self.probs(logits)

@@ -147,3 +147,37 @@ def test_mixup_mixes_binary_targets_and_refuses_multilabel():
     with pytest.raises(ValueError, match="task.mixup=.*multilabel"):
         ClassificationTask(instantiate({**MODEL_CFG, "num_classes": 3}), 3, label_type="multilabel",
                            config={"model": MODEL_CFG}, mixup={"mixup_alpha": 0.8})
+
+
+class _MirrorMean(torch.nn.Module):
+    """The reference for tta=hflip: a model whose logits are the mean over the image and its mirror."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+@pytest.mark.parametrize("medical", [False, True])
+def test_tta_hflip_averages_the_logits_of_each_image_and_its_mirror(tmp_path, medical):
+    from tasks.medical import MedicalTask
+
+    model = instantiate({**MODEL_CFG, "num_classes": 4})
+    cls, extra = (MedicalTask, {"num_heatmaps": 0, "bootstrap_samples": 0}) if medical else (ClassificationTask, {})
+
+    def validate(net, tta):
+        task = cls(net, 4, class_names=list("abcd"), config={"model": MODEL_CFG}, tta=tta, **extra)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        out = trainer.validate(task, DataLoader(Toy(), batch_size=16), verbose=False)[0]
+        preds = trainer.predict(task, DataLoader(Toy(), batch_size=16))
+        return out, torch.cat(preds)
+
+    tta, tta_preds = validate(model, "hflip")
+    ref, ref_preds = validate(_MirrorMean(model), None)
+    plain, plain_preds = validate(model, None)
+    assert tta == pytest.approx(ref) and torch.allclose(tta_preds, ref_preds)
+    assert tta["val/loss"] != pytest.approx(plain["val/loss"]) and not torch.allclose(tta_preds, plain_preds)
+    with pytest.raises(ValueError, match="task.tta"):
+        cls(model, 4, tta="vflip", **extra)
