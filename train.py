@@ -55,6 +55,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = _continue_run(cfg)
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("train=false evaluates a trained model: give its checkpoint as ckpt_path=...")
+    if not (cfg.train or cfg.test or cfg.get("validate")):
+        raise ValueError("train=false test=false does nothing: set test=true or validate=true to evaluate ckpt_path")
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)  # unwritable or full: say so now, before the data is read
     L.seed_everything(cfg.seed, workers=True)
@@ -105,11 +107,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    # Evaluate the best checkpoint of this fit; in evaluation-only runs the given one; else the
+    # weights as they are (no checkpoint callback, or fast_dev_run, which saves none).
+    eval_ckpt = (best_ckpt or None) if cfg.train else cfg.ckpt_path
+    if cfg.get("validate"):
+        trainer.validate(task, datamodule=datamodule, ckpt_path=eval_ckpt)
+        metrics.update(trainer.callback_metrics)
     if cfg.test:
-        # Test the best checkpoint of this fit; in test-only runs the given one; else the
-        # weights as they are (no checkpoint callback, or fast_dev_run, which saves none).
-        test_ckpt = (best_ckpt or None) if cfg.train else cfg.ckpt_path
-        trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt)
+        trainer.test(task, datamodule=datamodule, ckpt_path=eval_ckpt)
         metrics.update(trainer.callback_metrics)
 
     metrics = {name: float(value) for name, value in metrics.items()}

@@ -173,7 +173,8 @@ def _shared(value: str) -> str | None:
 def placeholders(args: list[str], fx: dict[str, Any], tmp_path: Path) -> list[str]:
     """`<run>` and `.../last.ckpt` (not even valid override syntax) -> the tiny runs made first."""
     out = []
-    ckpt_run = fx["retrieval"] if "task=zeroshot" in args else fx["classification"]  # zero-shot: an image-text model
+    # zero-shot and retrieval: an image-text model
+    ckpt_run = fx["retrieval"] if {"task=zeroshot", "task=retrieval"} & set(args) else fx["classification"]
     for arg in args:
         key, _, value = arg.partition("=")
         if key in ("model.pretrained", "model.encoder_pretrained") and "<run>" in value:

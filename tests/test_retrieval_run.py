@@ -61,6 +61,22 @@ def test_fit_test_writes_metrics_and_retrieval_json(trained):
     assert info["tokenizer"].vocab_size == model.text.vocab_size
 
 
+def test_validate_evaluates_a_checkpoint_on_val(trained, tmp_path):
+    # The command in conf/config.yaml (validate=true), at tiny sizes: val only, no test.
+    _, metrics = trained
+    evaluate = ["train=false", "test=false", "validate=true", f"ckpt_path={metrics['best_ckpt']}"]
+    val = train(compose_cfg(tmp_path / "val", *TINY, *evaluate))[0]
+    assert not any(k.startswith("test/") for k in val)
+    # The same val split as training's: the numbers of its (one-epoch, so best) checkpoint.
+    names = {f"val/{d}_{m}" for d in ("i2t", "t2i") for m in ("r1", "r5", "r10", "medr")}
+    assert {k: val[k] for k in names} == pytest.approx({k: metrics[k] for k in names})
+    # A larger val split than training used.
+    tiny = [o for o in TINY if not o.startswith("data.num_val=")]
+    assert names <= train(compose_cfg(tmp_path / "val16", *tiny, *evaluate, "data.num_val=16"))[0].keys()
+    with pytest.raises(ValueError, match="does nothing"):
+        train(compose_cfg(tmp_path / "none", *TINY, "train=false", "test=false", f"ckpt_path={metrics['best_ckpt']}"))
+
+
 def test_zeroshot_from_the_checkpoint_on_shapes(trained, tmp_path):
     _, metrics = trained
     zs = train(compose_cfg(tmp_path / "zs", "task=zeroshot", f"ckpt_path={metrics['best_ckpt']}", "data=shapes",
