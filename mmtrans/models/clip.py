@@ -113,7 +113,7 @@ class ContrastiveHead(nn.Module):
         """Encoder tokens ``[B, N, Di]`` -> normalised image embeddings ``[B, E]``."""
         pooled = self.pooler(tokens)[:, 0] if self.pooler is not None else pool_tokens(
             tokens, self.image_pool, self.num_prefix_tokens)
-        return F.normalize(self.image_proj(pooled), dim=-1)
+        return F.normalize(self.image_proj(pooled).float(), dim=-1)  # float32 under autocast too
 
     def text_suffix(self, batch_size: int) -> Tensor | None:
         """The class token to append to the text (text_pool='cls'), else None."""
@@ -131,7 +131,7 @@ class ContrastiveHead(nn.Module):
         norm = self.text_norm if self.text_norm is not None else norm
         if norm is None:
             raise ValueError("embed_text needs a norm: the head has none of its own (text_norm=False)")
-        return F.normalize(self.text_proj(norm(pooled)), dim=-1)
+        return F.normalize(self.text_proj(norm(pooled)).float(), dim=-1)
 
 
 class ContrastiveModel(nn.Module):
@@ -268,8 +268,12 @@ def contrastive_loss(
     all_images, all_texts = (gather_features(image_emb), gather_features(text_emb)) if gather else (image_emb, text_emb)
     offset = dist.get_rank() * n if all_images.shape[0] > n else 0
     images = torch.arange(offset, offset + n, device=image_emb.device)
-    logits_per_image = logit_scale * image_emb @ all_texts.T
-    logits_per_text = logit_scale * text_emb @ all_images.T
+    # Logits in float32 under autocast too: bf16 keeps ~3 digits, close to the gaps between
+    # cosine similarities that a temperature of ~1/15-1/100 turns into the loss.
+    with torch.autocast(image_emb.device.type, enabled=False):
+        image_emb, text_emb, all_images, all_texts = (x.float() for x in (image_emb, text_emb, all_images, all_texts))
+        logits_per_image = logit_scale.float() * image_emb @ all_texts.T
+        logits_per_text = logit_scale.float() * text_emb @ all_images.T
     if k == 1:
         loss_images = F.cross_entropy(logits_per_image, images)
     else:

@@ -87,6 +87,26 @@ def test_contrastive_loss_equals_open_clip_clip_loss():
     assert ours.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), abs=1e-6)
 
 
+def test_embeddings_and_logits_stay_float32_under_autocast():
+    """trainer.precision=bf16-mixed (the GPU default): the towers run in bf16, but the embeddings
+    come out in float32 and the loss's logits are computed in float32 (bf16's ~3 digits are the
+    size of the gaps between cosine similarities that the temperature turns into the loss)."""
+    torch.manual_seed(0)
+    model = create_clip(**TINY)
+    ids, pad = _tokens(4, 10, 50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img, txt, scale = model(torch.randn(4, 3, 32, 32), ids, pad)
+        assert img.dtype == txt.dtype == torch.float32
+        loss = contrastive_loss(img, txt, scale)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(contrastive_loss(img, txt, scale).item(), abs=1e-6)
+    g = torch.Generator().manual_seed(1)  # bf16 inputs too: the same loss as their float32 values
+    a, b = (torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1).bfloat16() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = contrastive_loss(a, b, torch.tensor(50.0))
+    assert mixed.item() == pytest.approx(contrastive_loss(a.float(), b.float(), torch.tensor(50.0)).item(), abs=1e-6)
+
+
 def test_multi_positive_loss():
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
