@@ -102,6 +102,10 @@ class SceneCaptionDataset(ProceduralDataset):
     (evaluation: all references). mode="pairs": `num_samples * 5` items
     `{"image", "caption": str, "image_id"}`, item k = scene k // 5 with its caption k % 5
     (training). With `transform=None` the image is a float tensor in [0, 1].
+
+    `cache=True` keeps each scene's pixels and captions once drawn (uint8: 12 KB a scene at
+    64 px, 61 MB for 5,000), so later epochs skip the drawing (about a third of the loading
+    time of a batch at 64 px); each loader worker holds its own.
     """
 
     min_img_size = 32
@@ -115,11 +119,13 @@ class SceneCaptionDataset(ProceduralDataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         first_index: int = 0,
         mode: str = "images",
+        cache: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         super().__init__(num_samples, img_size, seed, transform, first_index)
         self.mode = mode
+        self._cache: dict[int, tuple[np.ndarray, list[str]]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_samples * (NUM_CAPTIONS if self.mode == "pairs" else 1)
@@ -194,6 +200,16 @@ class SceneCaptionDataset(ProceduralDataset):
         pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(4.0)
         return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
 
+    def _drawn(self, scene: int) -> tuple[np.ndarray, list[str]]:
+        """(pixels, captions) of scene `scene`, from the cache when it has them."""
+        if self._cache is None:
+            return self.render_array(scene), self.captions(scene)
+        key = self._global_index(scene)  # also checks the range and resolves negative indices
+        if key not in self._cache:
+            self._cache[key] = self.render_array(scene), self.captions(scene)
+        pixels, captions = self._cache[key]
+        return pixels, list(captions)  # a copy: a caller may edit its list
+
     def render(self, scene: int) -> Image.Image:
         return Image.fromarray(self.render_array(scene), "RGB")
 
@@ -206,9 +222,9 @@ class SceneCaptionDataset(ProceduralDataset):
             scene, which = divmod(index, NUM_CAPTIONS)
         else:
             scene, which = index, None
-        tensor = self._to_image(self.render_array(scene))
+        pixels, captions = self._drawn(scene)
+        tensor = self._to_image(pixels)
         image_id = f"scenes/{self.seed}/{self._global_index(scene)}"
-        captions = self.captions(scene)
         if which is None:
             return {"image": tensor, "captions": captions, "image_id": image_id}
         return {"image": tensor, "caption": captions[which], "image_id": image_id}
@@ -232,11 +248,13 @@ def scene_caption_splits(
     img_size: int = 64,
     seed: int = 0,
     train_mode: str = "pairs",
+    cache: bool = False,
 ) -> Splits:
-    """Train (pairs by default) / val / test (images: all references) from disjoint index ranges."""
+    """Train (pairs by default) / val / test (images: all references) from disjoint index ranges;
+    ``cache``: keep drawn scenes in memory (``SceneCaptionDataset``)."""
     train, val, test = disjoint_splits(
         lambda n, first, transform, split: SceneCaptionDataset(
-            n, img_size, seed, transform, first, train_mode if split == "train" else "images"
+            n, img_size, seed, transform, first, train_mode if split == "train" else "images", cache
         ),
         num_train, num_val, num_test, train_transform, eval_transform,
     )

@@ -30,6 +30,26 @@ def test_deterministic_per_seed_and_index():
     assert any(other[i]["captions"] != a[i]["captions"] for i in range(5))
 
 
+def test_cache_serves_what_drawing_gives_and_draws_each_scene_once(monkeypatch):
+    plain = SceneCaptionDataset(6, mode="pairs")
+    cached = SceneCaptionDataset(6, mode="pairs", cache=True)
+    drawn = []
+    render = SceneCaptionDataset.render_array
+    monkeypatch.setattr(SceneCaptionDataset, "render_array", lambda self, i: drawn.append(self) or render(self, i))
+    for _ in range(2):  # two epochs, and a negative index
+        for k in [*range(len(cached)), -1]:
+            a, b = plain[k], cached[k]
+            assert torch.equal(a["image"], b["image"]) and (a["caption"], a["image_id"]) == (b["caption"], b["image_id"])
+    assert drawn.count(plain) == 2 * (len(plain) + 1) and drawn.count(cached) == 6  # each scene once
+    images = SceneCaptionDataset(3, cache=True)
+    images[0]["captions"].append("edited")
+    assert images[0]["captions"] == plain.captions(0)  # the cache hands out copies
+    with pytest.raises(IndexError):
+        images[3]
+    splits = scene_caption_splits(num_train=2, num_val=1, num_test=1, img_size=32, cache=True)
+    assert all(d._cache == {} for d in (splits.train, splits.val, splits.test))
+
+
 def test_images_and_captions():
     ds = SceneCaptionDataset(60, img_size=64)
     counts = set()
