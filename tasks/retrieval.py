@@ -68,8 +68,9 @@ class RetrievalTask(L.LightningModule):
         top_k: int = 5,
         captions_per_image: int = 1,
     ) -> None:
-        """``model``: anything with ``encode_image``, ``encode_text(tokens, key_padding_mask)``
-        and ``head.scale()`` (``ContrastiveModel``). ``top_k``: candidates per query in
+        """``model``: a ``ContrastiveModel`` (anything whose ``forward(images, tokens,
+        key_padding_mask)`` gives image embeddings, text embeddings and ``exp(logit_scale)``, and
+        with ``encode_image`` and ``encode_text(tokens, key_padding_mask)`` for evaluation). ``top_k``: candidates per query in
         retrieval.json. ``captions_per_image``: references of each image per training step (1:
         CLIP; more: each image is trained against several of its captions at once, the
         multi-positive loss of ``contrastive_loss``)."""
@@ -92,7 +93,6 @@ class RetrievalTask(L.LightningModule):
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"]
-        image_emb = self.model.encode_image(images)
         k = self.hparams.captions_per_image
         if "caption" in batch:  # (image, caption) pairs
             if k != 1:
@@ -105,8 +105,9 @@ class RetrievalTask(L.LightningModule):
             # Counts from the text (host lists): no device sync per step.
             rows = sample_references([len(r) for r in batch["captions"]], k).to(batch["ref_tokens"].device)
             tokens, pad = batch["ref_tokens"][rows], batch["ref_padding_mask"][rows]
-        text_emb = self.model.encode_text(tokens, pad)
-        scale = self.model.head.scale()
+        # Through the model's forward, which compile=true compiles (encode_image/encode_text alone
+        # would run uncompiled).
+        image_emb, text_emb, scale = self.model(images, tokens, pad)
         loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(images))

@@ -12,7 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from mmtrans.models import create_clip
 from tasks.checkpoint import load_model
+from tasks.retrieval import RetrievalTask
 from tasks.search_cli import main as search_main
 from tasks.zeroshot import ZeroShotTask, check_templates
 from train import train
@@ -59,6 +61,20 @@ def test_fit_test_writes_metrics_and_retrieval_json(trained):
     assert metrics["test/t2i_r1"] == pytest.approx(sum(top1) / len(top1))
     model, info = load_model(metrics["best_ckpt"])  # the checkpoint alone rebuilds model and tokenizer
     assert info["tokenizer"].vocab_size == model.text.vocab_size
+
+
+def test_training_goes_through_the_models_forward():
+    """compile=true compiles a model's forward (nn.Module.compile): a training step that called
+    encode_image / encode_text alone would run uncompiled."""
+    torch.manual_seed(0)
+    model = create_clip(encoder_preset=None, embed_dim=16, depth=1, num_heads=2, img_size=32, patch_size=8,
+                        vocab_size=50, text_embed_dim=16, text_depth=1, text_num_heads=2, max_len=8, joint_dim=8)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append((len(args[0]), len(args[1]))))
+    batch = {"image": torch.randn(2, 3, 32, 32), "captions": [["a", "b", "c"], ["d", "e"]],
+             "ref_tokens": torch.randint(1, 50, (5, 6)), "ref_padding_mask": torch.zeros(5, 6, dtype=torch.bool)}
+    loss = RetrievalTask(model, tokenizer=None, captions_per_image=2).training_step(batch, 0)
+    assert calls == [(2, 4)] and loss.requires_grad  # 2 images, 2 of the references of each
 
 
 def test_validate_evaluates_a_checkpoint_on_val(trained, tmp_path):
