@@ -186,8 +186,23 @@ def mae_encoder_state_dict(
     sd = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
     proj = sd["patch_embed.proj.weight"]
     depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), default=-1)
-    have = dict(patch_size=tuple(proj.shape[-2:]), embed_dim=proj.shape[0], depth=depth)
-    want = dict(patch_size=tuple(encoder.patch_embed.patch_size), embed_dim=encoder.embed_dim, depth=len(encoder.blocks))
+    have = dict(embed_dim=proj.shape[0], depth=depth)
+    want = dict(embed_dim=encoder.embed_dim, depth=len(encoder.blocks))
+    plain = proj.ndim == 4 and not any(k.startswith("patch_embed.stem.") for k in sd)  # one conv: kernel = patch
+    if encoder.stem_type == "patch" and plain:
+        have = dict(patch_size=tuple(proj.shape[-2:]), **have)
+        want = dict(patch_size=tuple(encoder.patch_embed.patch_size), **want)
+    else:  # a conv or SPT stem (ours at both ends): its weights' shapes say its layout and patch size
+        theirs = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("patch_embed.")}
+        ours = {k: tuple(v.shape) for k, v in encoder.state_dict().items() if k.startswith("patch_embed.")}
+        if theirs != ours:
+            key = next(k for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k))
+            raise ValueError(
+                f"the MAE encoder in {source} has another token stem than the model's stem={encoder.stem_type!r}, "
+                f"patch_size={encoder.patch_embed.patch_size[0]} ({key}: {list(theirs.get(key, ())) or 'absent'} vs "
+                f"{list(ours.get(key, ())) or 'absent'}; checkpoint vs model): build the model with the "
+                "pretraining's model.stem and model.patch_size"
+            )
     if have != want:
         diff = ", ".join(f"{k} {have[k]} vs {want[k]}" for k in have if have[k] != want[k])
         fix = " ".join(f"model.{k}={have[k][0] if k == 'patch_size' else have[k]}" for k in have if have[k] != want[k])

@@ -130,3 +130,23 @@ def test_architecture_mismatch_names_the_keys_to_set():
     clf = create_image_classifier(None, num_classes=3, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2)
     with pytest.raises(ValueError, match=r"patch_size \(8, 8\) vs \(16, 16\).*depth 1 vs 2.*model.patch_size=8 model.depth=1"):
         mae_encoder_state_dict(mae.state_dict(), clf.encoder, "run/last.ckpt")
+
+
+def test_conv_stem_encoder_loads_into_a_conv_stem_classifier(tmp_path: Path):
+    """The MedMNIST recipe's stem: a conv stem's last layer is a 1x1 `proj`, whose kernel is not
+    the patch; its layers' shapes are compared instead."""
+    mae = tiny_mae(stem="conv", in_chans=1)  # patch 8: three stride-2 convs
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in mae.state_dict().items()}}, ckpt)
+    clf = create_image_classifier(None, num_classes=2, img_size=64, in_chans=1, patch_size=8, embed_dim=32,
+                                  depth=1, num_heads=2, stem="conv")
+    load_pretrained(clf, str(ckpt))  # raises on any missing / unexpected key
+    torch.testing.assert_close(clf.encoder.patch_embed.stem[0].weight, mae.encoder.patch_embed.stem[0].weight)
+    other = create_image_classifier(None, num_classes=2, img_size=32, in_chans=1, patch_size=4, embed_dim=32,
+                                    depth=1, num_heads=2, stem="conv")
+    with pytest.raises(ValueError, match=r"another token stem .* stem='conv', patch_size=4 \(patch_embed\.stem\."):
+        mae_encoder_state_dict(mae.state_dict(), other.encoder, "run/last.ckpt")
+    with pytest.raises(ValueError, match=r"another token stem .* stem='patch', patch_size=8 \(patch_embed\.proj\.weight: \[32, 32, 1, 1\] vs \[32, 1, 8, 8\]"):
+        mae_encoder_state_dict(mae.state_dict(), create_image_classifier(
+            None, num_classes=2, img_size=32, in_chans=1, patch_size=8, embed_dim=32, depth=1, num_heads=2).encoder,
+            "run/last.ckpt")
