@@ -69,11 +69,11 @@ class RetrievalTask(L.LightningModule):
         captions_per_image: int = 1,
     ) -> None:
         """``model``: a ``ContrastiveModel`` (anything whose ``forward(images, tokens,
-        key_padding_mask)`` gives image embeddings, text embeddings and ``exp(logit_scale)``, and
-        with ``encode_image`` and ``encode_text(tokens, key_padding_mask)`` for evaluation). ``top_k``: candidates per query in
-        retrieval.json. ``captions_per_image``: references of each image per training step (1:
-        CLIP; more: each image is trained against several of its captions at once, the
-        multi-positive loss of ``contrastive_loss``)."""
+        key_padding_mask)`` gives image embeddings, text embeddings and ``exp(logit_scale)``, with
+        ``encode_image`` and ``encode_text(tokens, key_padding_mask)`` for evaluation).
+        ``top_k``: candidates per query in retrieval.json. ``captions_per_image``: references of
+        each image per training step (1: CLIP; more: each image is trained against several of its
+        captions at once, the multi-positive loss of ``contrastive_loss``)."""
         super().__init__()
         if top_k < 1 or captions_per_image < 1:
             raise ValueError(f"task.top_k and task.captions_per_image must be >= 1, got {top_k}, {captions_per_image}")
