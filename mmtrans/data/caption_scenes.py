@@ -104,8 +104,8 @@ class SceneCaptionDataset(ProceduralDataset):
     (training). With `transform=None` the image is a float tensor in [0, 1].
 
     `cache=True` keeps each scene's pixels and captions once drawn (uint8: 12 KB a scene at
-    64 px, 61 MB for 5,000), so later epochs skip the drawing (about a third of the loading
-    time of a batch at 64 px); each loader worker holds its own.
+    64 px, 61 MB for 5,000), so later epochs skip the drawing, part of every batch's loading
+    (which runs in the training process on the CPU); each loader worker holds its own.
     """
 
     min_img_size = 32
