@@ -81,7 +81,8 @@ class VisionTransformer(nn.Module):
         ``pos_embed``: 'learn' (table, resampled for new sizes), 'sincos' (fixed) or 'none'.
 
         For small data sets (``mmtrans.nn.patch_embed``, ``Attention``): ``stem`` 'patch'
-        (one strided conv, timm's), 'conv' (conv stem, Xiao et al. 2021) or 'spt' (shifted
+        (one strided conv, timm's), 'conv' (conv stem, Xiao et al. 2021), 'conv_pool' (its convs at
+        stride 1, each followed by a max-pool: CCT's tokenizer) or 'spt' (shifted
         patch tokenization, Lee et al. 2021); ``locality_attn``: locality self-attention (LSA).
         Both keep the token grid ``img_size // patch_size``; the stem stays ``patch_embed``.
         """

@@ -4,6 +4,7 @@
 - ``ConvStem``: 3x3 stride-2 convs + norm + activation, then a 1x1 conv (Xiao et al. 2021,
   "Early convolutions help transformers see better"): more stable optimisation and a
   local inductive bias, which helps most on small data.
+  ``downsample='maxpool'`` (``stem='conv_pool'``): stride-1 convs and max-pools instead.
 - ``ShiftedPatchEmbed``: shifted patch tokenization (SPT, Lee et al. 2021, "Vision
   Transformer for Small-Size Datasets"): each patch also sees its diagonal neighbours.
 
@@ -13,6 +14,9 @@ the layer that outputs ``embed_dim``), so the ViT treats them alike (``STEMS``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +83,13 @@ class PatchEmbed(_TokenGrid):
 class ConvStem(_TokenGrid):
     """``log2(patch_size)`` 3x3 stride-2 conv-norm-act layers (one stride-1 layer for patch 1),
     then a 1x1 conv ``proj`` to ``embed_dim``. Widths double up to ``embed_dim``
-    (``D/2**(n-1), ..., D/2, D``: 24-48-96-192 for D=192 and patch 16, as in the paper)."""
+    (``D/2**(n-1), ..., D/2, D``: 24-48-96-192 for D=192 and patch 16, as in the paper).
+
+    ``downsample='maxpool'`` (``stem='conv_pool'``): each conv runs at stride 1 and a 3x3
+    stride-2 max-pool halves the grid after it, as in the convolutional tokenizer of Compact
+    Convolutional Transformers (Hassani et al. 2021, "Escaping the big data paradigm with
+    compact transformers"): every pixel is convolved, not every second one, for a few times
+    the stem's compute (still a small part of a ViT-Ti at 28 px)."""
 
     def __init__(
         self,
@@ -91,19 +101,25 @@ class ConvStem(_TokenGrid):
         strict_img_size: bool = True,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
+        downsample: str = "stride",
     ) -> None:
         super().__init__(img_size, patch_size, strict_img_size)
+        if downsample not in ("stride", "maxpool"):
+            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
         p = self.patch_size[0]
         if self.patch_size[1] != p or p & (p - 1):
             raise ValueError(f"stem='conv' needs a square power-of-2 patch_size, got {self.patch_size}")
         n = max(p.bit_length() - 1, 1)  # stride-2 layers: 2**n == p; patch 1: one stride-1 layer
-        stride = 2 if p > 1 else 1
+        pool = downsample == "maxpool" and p > 1
+        stride = 2 if p > 1 and not pool else 1
         layers: list[nn.Module] = []
         c_in = in_chans
         for i in range(n):
             c_out = max(embed_dim // 2 ** (n - 1 - i), 8)
             # No conv bias: the norm right after it has one.
             layers += [nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), norm_layer(c_out), act_layer()]
+            if pool:
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
             c_in = c_out
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1, bias=bias)
@@ -155,4 +171,9 @@ class ShiftedPatchEmbed(_TokenGrid):
 
 
 # ``VisionTransformer(stem=...)``: every class takes the same six constructor arguments.
-STEMS: dict[str, type[_TokenGrid]] = {"patch": PatchEmbed, "conv": ConvStem, "spt": ShiftedPatchEmbed}
+STEMS: dict[str, Callable[..., _TokenGrid]] = {
+    "patch": PatchEmbed,
+    "conv": ConvStem,
+    "conv_pool": partial(ConvStem, downsample="maxpool"),
+    "spt": ShiftedPatchEmbed,
+}

@@ -28,6 +28,25 @@ def test_conv_stem_gives_the_patch_grid(patch, n_convs, in_chans):
     assert stem.dynamic_grid((64, 32)) == (64 // patch, 32 // patch)
 
 
+@pytest.mark.parametrize("patch,n_convs", [(1, 1), (2, 1), (4, 2), (8, 3)])
+def test_pooled_conv_stem_convolves_every_pixel_then_max_pools(patch, n_convs):
+    """stem='conv_pool' (CCT's tokenizer): stride-1 convs, each followed by a 3x3 stride-2 max-pool;
+    same grid and parameter shapes as stem='conv' (from patch 4 on, under other keys: the pools sit between)."""
+    stem = ConvStem(32, patch, 1, embed_dim=48, downsample="maxpool")
+    assert stem(torch.randn(2, 1, 32, 32)).shape == (2, (32 // patch) ** 2, 48)
+    convs = [m for m in stem.stem if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in stem.stem if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == n_convs and all(c.stride == (1, 1) for c in convs)
+    assert len(pools) == (n_convs if patch > 1 else 0) and all(p.stride == 2 for p in pools)
+    strided = ConvStem(32, patch, 1, embed_dim=48)
+    assert sorted(p.shape for p in stem.parameters()) == sorted(p.shape for p in strided.parameters())
+    vit = VisionTransformer(**GREY28, stem="conv_pool")
+    assert vit.stem_type == "conv_pool" and isinstance(vit.patch_embed, ConvStem)
+    assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 50, 32)
+    with pytest.raises(ValueError, match="'avgpool'"):
+        ConvStem(32, 4, 1, 48, downsample="avgpool")
+
+
 def test_conv_stem_rejects_a_patch_it_cannot_stride_to():
     with pytest.raises(ValueError, match="power-of-2"):
         ConvStem(36, 6, 3, 32)
