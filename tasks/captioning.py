@@ -102,8 +102,9 @@ class CaptioningTask(L.LightningModule):
                  batch_size=1)
         hp = self.hparams
         if hp.contrastive_weight > 0:  # CoCa: the caption loss plus an image-text contrastive loss
-            logits, image_emb, text_emb = self.model.forward_contrastive(
-                batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
+            # Through the model's forward, which compile=true compiles (nn.Module.compile).
+            logits, image_emb, text_emb = self.model(
+                batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1], contrastive=True)
         else:
             logits = self(batch["image"], tokens[:, :-1], key_padding_mask=pad[:, :-1])
         # Mask by the padding mask, not by pad_id: GPT-2 style tokenizers use eos as pad.

@@ -187,7 +187,8 @@ class CoCa(ImageCaptioner):
     """A captioner (``ImageCaptioner``: encoder, projector, decoder) whose decoder has
     ``unimodal_depth`` text-only blocks first, plus a ``ContrastiveHead`` (class-token text
     pooling with its own norm). ``forward`` is the captioner's (logits); ``forward_contrastive``
-    gives logits and both embeddings from one pass."""
+    (or ``forward(..., contrastive=True)``, what training calls, so that ``nn.Module.compile``
+    reaches it) gives logits and both embeddings from one pass."""
 
     def __init__(
         self,
@@ -212,6 +213,13 @@ class CoCa(ImageCaptioner):
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {f"head.{n}" for n in self.head.no_weight_decay()}
+
+    def forward(
+        self, images: Tensor, tokens: Tensor, key_padding_mask: Tensor | None = None, contrastive: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        if contrastive:
+            return self.forward_contrastive(images, tokens, key_padding_mask)
+        return super().forward(images, tokens, key_padding_mask)
 
     def _features(self, images: Tensor) -> Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):

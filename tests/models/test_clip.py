@@ -45,6 +45,27 @@ def test_clip_shapes_and_normalised_embeddings(image_pool):
     assert {"head.logit_scale", "encoder.cls_token"} <= model.no_weight_decay()
 
 
+def test_coca_training_goes_through_the_models_forward():
+    """compile=true compiles a model's forward (nn.Module.compile): CoCa's training step calls it with
+    contrastive=True, which gives forward_contrastive's outputs, rather than forward_contrastive itself."""
+    from tasks.captioning import CaptioningTask
+
+    torch.manual_seed(0)
+    model = create_captioner(encoder_preset=None, embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=8,
+                             vocab_size=50, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2, max_len=16,
+                             contrastive=True, unimodal_depth=1, joint_dim=24).eval()
+    ids, pad = _tokens(2, 8, 50)
+    images = torch.randn(2, 3, 32, 32)
+    for a, b in zip(model(images, ids, pad, contrastive=True), model.forward_contrastive(images, ids, pad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("contrastive")),
+                                with_kwargs=True)
+    batch = {"image": images, "tokens": ids, "padding_mask": pad, "num_truncated": torch.tensor(0)}
+    loss = CaptioningTask(model, tokenizer=None, contrastive_weight=1.0).training_step(batch, 0)
+    assert calls == [True] and loss.requires_grad
+
+
 def test_logit_scale_is_capped_at_100():
     model = create_clip(**TINY, init_logit_scale=math.log(500.0))
     assert model.head.scale().item() == pytest.approx(100.0)
