@@ -17,7 +17,7 @@ from mmtrans.data.medical_io import is_dicom, load_medical_image
 from mmtrans.data.samplers import RepeatAugSampler
 from mmtrans.data.shapes import CLASSES as SHAPES_CLASSES
 from mmtrans.data.shapes import ShapesDataset, shapes_splits
-from mmtrans.data.splits import Splits, group_split, stratified_split
+from mmtrans.data.splits import Splits, group_split, stratified_folds, stratified_split
 from mmtrans.data.transforms import build_transform, to_tensor
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "load_medical_image",
     "medical_csv_splits",
     "shapes_splits",
+    "stratified_folds",
     "stratified_split",
     "to_tensor",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mmtrans.data.on_device import InMemory
-from mmtrans.data.splits import LABEL_TYPES, Splits
+from mmtrans.data.splits import LABEL_TYPES, Splits, stratified_folds
 
 __all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "describe_medmnist", "medmnist_file_name", "medmnist_splits"]
 
@@ -80,9 +80,10 @@ class MedMNISTDataset(Dataset):
         label_type: str,
         transform: Callable | None = None,
         id_prefix: str = "medmnist",
+        ids: Sequence[str] | None = None,
     ) -> None:
         self.images = images
-        self.id_prefix = id_prefix
+        self.ids = list(ids) if ids is not None else [f"{id_prefix}/{i}" for i in range(len(images))]
         self.labels = labels
         self.label_type = label_type
         self.transform = transform
@@ -95,11 +96,11 @@ class MedMNISTDataset(Dataset):
         label = self.labels[index]
         label_t = torch.from_numpy(label.copy()) if self.label_type == "multilabel" else torch.tensor(int(label))
         return {"image": self.transform(img) if self.transform else img, "label": label_t,
-                "id": f"{self.id_prefix}/{index}"}
+                "id": self.ids[index]}
 
     def in_memory(self) -> InMemory:
         """The split's uint8 array as stored (data.on_device)."""
-        return InMemory(self.images, self.labels, [f"{self.id_prefix}/{i}" for i in range(len(self))])
+        return InMemory(self.images, self.labels, self.ids)
 
 
 def _resolve_file(path: str | None, name: str | None, root: str | None, size: int, download: bool) -> Path:
@@ -197,13 +198,25 @@ def medmnist_splits(
     download: bool = False,
     label_type: str | None = None,
     class_names: list[str] | None = None,
+    cv_folds: int | None = None,
+    cv_fold: int = 0,
+    cv_seed: int = 0,
 ) -> Splits:
     """Train/val/test of a MedMNIST `.npz` (``path``, or ``root/<name>[_<size>].npz``).
 
     ``label_type`` and ``class_names`` override what the set's name implies (the file's name
     when ``path`` is given, else ``name``); for a file MedMNIST does not name, the label type
     is inferred from its labels (``infer_label_type``) and class names are "0".."K-1".
+
+    ``cv_folds``: k-fold cross-validation on the official train + val images (stratified by
+    label, ``stratified_folds`` with ``cv_seed``): fold ``cv_fold`` is val, the other folds
+    train; test stays the official test split. A few dozen val images cannot rank two
+    recipes a few hundredths of AUC apart; the mean over k folds' val sees every image.
     """
+    if cv_folds is not None and not (isinstance(cv_folds, int) and cv_folds >= 2):
+        raise ValueError(f"data.cv_folds must be null or an integer >= 2, got {cv_folds!r}")
+    if cv_folds is not None and not (isinstance(cv_fold, int) and 0 <= cv_fold < cv_folds):
+        raise ValueError(f"data.cv_fold must be one of 0..{cv_folds - 1} (data.cv_folds={cv_folds}), got {cv_fold!r}")
     file = _resolve_file(path, name, root, size, download)
     # A given file is what it is named: a preset's data.name must not relabel another set.
     known = MEDMNIST_INFO.get((file.stem.split("_")[0] if path else name or file.stem).lower())
@@ -242,9 +255,27 @@ def medmnist_splits(
         labels = _check_labels(arrays[f"{split}_labels"], label_type, num_classes, file, f"{split}_labels")
         if len(labels) != len(images):
             raise ValueError(f"{file}: {len(images)} {split}_images but {len(labels)} {split}_labels")
-        transform = train_transform if split == "train" else eval_transform
-        datasets.append(MedMNISTDataset(images, labels, label_type, transform, id_prefix=f"{file.stem}/{split}"))
+        datasets.append(MedMNISTDataset(images, labels, label_type, None, id_prefix=f"{file.stem}/{split}"))
+    if cv_folds is not None:
+        datasets[:2] = _cv_split(datasets[0], datasets[1], cv_folds, cv_fold, cv_seed, file.stem)
+    for dataset, split in zip(datasets, SPLIT_NAMES):
+        dataset.transform = train_transform if split == "train" else eval_transform
     return Splits(*datasets, class_names=class_names, label_type=label_type)
+
+
+def _cv_split(
+    train: MedMNISTDataset, val: MedMNISTDataset, folds: int, fold: int, seed: int, stem: str
+) -> list[MedMNISTDataset]:
+    """(train, val) of fold ``fold``: train + val pooled (ids ``<stem>/trainval/<i>``, train's
+    images first), fold ``fold`` of ``stratified_folds`` as val, the rest as train."""
+    images = np.concatenate([train.images, val.images])
+    labels = np.concatenate([train.labels, val.labels])
+    in_val = stratified_folds(labels, folds, seed) == fold
+    out = []
+    for keep in (~in_val, in_val):
+        idx = np.flatnonzero(keep)
+        out.append(MedMNISTDataset(images[idx], labels[idx], train.label_type, ids=[f"{stem}/trainval/{i}" for i in idx]))
+    return out
 
 
 medmnist_splits.describe = describe_medmnist  # read by the DataModule before the splits are built

@@ -148,6 +148,29 @@ def stratified_split(
     return sorted(train), sorted(val), sorted(test)
 
 
+def stratified_folds(labels: np.ndarray | Sequence[int], folds: int, seed: int = 0) -> np.ndarray:
+    """The fold (0..folds-1) of each position, for k-fold cross-validation: per stratum (a
+    class, or a distinct row of a multi-label ``[N, K]`` matrix) the positions are shuffled by
+    a generator keyed on (seed, stratum) and dealt to the folds in turn, the deal continuing
+    from one stratum to the next, so fold sizes differ by at most one and every fold holds
+    its share of each stratum."""
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"cross-validation needs folds >= 2, got {folds!r}")
+    labels_arr = np.asarray(labels)
+    if len(labels_arr) < folds:
+        raise ValueError(f"{len(labels_arr)} samples cannot fill {folds} folds")
+    rows = labels_arr.reshape(len(labels_arr), -1)
+    _, strata = np.unique(rows, axis=0, return_inverse=True)
+    strata = strata.reshape(-1)
+    out = np.empty(len(labels_arr), dtype=np.int64)
+    dealt = 0
+    for stratum in range(int(strata.max()) + 1):
+        positions = np.random.default_rng([seed, stratum]).permutation(np.flatnonzero(strata == stratum))
+        out[positions] = (dealt + np.arange(len(positions))) % folds
+        dealt += len(positions)
+    return out
+
+
 def group_split(
     groups: Sequence[Hashable], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
 ) -> tuple[list[int], list[int], list[int]]:

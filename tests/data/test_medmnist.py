@@ -119,3 +119,49 @@ def test_real_breastmnist_file():
     assert [len(d) for d in (splits.train, splits.val, splits.test)] == [546, 78, 156]
     assert np.bincount(splits.train.labels).tolist() == [147, 399]
     assert isinstance(splits.test[0]["label"], torch.Tensor)
+
+
+# -- k-fold cross-validation on train + val ------------------------------------------------------
+def test_stratified_folds_deal_each_class_evenly():
+    from mmtrans.data import stratified_folds
+
+    labels = np.array([0] * 10 + [1] * 7 + [2] * 2)
+    folds = stratified_folds(labels, 3, seed=0)
+    assert np.bincount(folds).tolist() in ([7, 6, 6], [6, 7, 6], [6, 6, 7])  # sizes differ by at most one
+    for cls in range(3):  # each class spread: per-fold counts differ by at most one
+        counts = np.bincount(folds[labels == cls], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    assert np.array_equal(folds, stratified_folds(labels, 3, seed=0))  # seeded
+    assert not np.array_equal(folds, stratified_folds(labels, 3, seed=1))
+    multi = np.array([[0, 1], [1, 0], [0, 1], [1, 0], [1, 1], [0, 1]])  # strata: distinct label rows
+    assert sorted(stratified_folds(multi, 2)[[0, 2, 5]].tolist()) in ([0, 0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="folds >= 2"):
+        stratified_folds(labels, 1)
+    with pytest.raises(ValueError, match="19 samples cannot fill 20 folds"):
+        stratified_folds(labels, 20)
+
+
+@pytest.mark.parametrize("make", [lambda n: np.arange(n).reshape(n, 1) % 2,
+                                  lambda n: (np.arange(n * 3).reshape(n, 3) % 2).astype(np.uint8)])
+def test_cv_folds_cover_train_and_val_once_and_keep_test(tmp_path, make):
+    name = "breastmnist" if make(2).shape[1] == 1 else "chestlike"
+    file = str(write_npz(tmp_path / f"{name}.npz", splits_of(make)))
+    official = medmnist_splits(path=file)
+    pooled = np.concatenate([official.train.images, official.val.images])
+    seen = []
+    for fold in range(4):
+        s = medmnist_splits(path=file, cv_folds=4, cv_fold=fold, eval_transform=build_transform(28, False, (0.5,), (0.5,), in_chans=1))
+        assert len(s.train) + len(s.val) == 16 and len(s.val) == 4
+        ids = [s.val[i]["id"] for i in range(len(s.val))]
+        assert not set(ids) & {s.train[i]["id"] for i in range(len(s.train))}
+        rows = [int(i.rsplit("/", 1)[1]) for i in ids]
+        assert all(i.startswith(f"{name}/trainval/") for i in ids)
+        assert np.array_equal(s.val.images, pooled[rows])  # ids name the pooled image
+        assert np.array_equal(s.test.images, official.test.images) and s.test[0]["id"] == f"{name}/test/0"
+        assert s.val[0]["image"].shape == (1, 28, 28)  # the eval transform reached the fold's val
+        seen += rows
+    assert sorted(seen) == list(range(16))  # every train/val image is val exactly once
+    with pytest.raises(ValueError, match=r"data.cv_fold must be one of 0..3 \(data.cv_folds=4\), got 4"):
+        medmnist_splits(path=file, cv_folds=4, cv_fold=4)
+    with pytest.raises(ValueError, match="data.cv_folds must be null or an integer >= 2, got 1"):
+        medmnist_splits(path=file, cv_folds=1)
