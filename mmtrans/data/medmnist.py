@@ -245,7 +245,7 @@ def medmnist_splits(
             k = train_labels.shape[1] if label_type == "multilabel" else top + 1
             class_names = [str(i) for i in range(max(k, 2))]
     num_classes = len(class_names)
-    datasets = []
+    parts = {}  # split -> (images, labels, ids)
     for split in SPLIT_NAMES:
         images = arrays[f"{split}_images"]
         if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
@@ -255,26 +255,24 @@ def medmnist_splits(
         labels = _check_labels(arrays[f"{split}_labels"], label_type, num_classes, file, f"{split}_labels")
         if len(labels) != len(images):
             raise ValueError(f"{file}: {len(images)} {split}_images but {len(labels)} {split}_labels")
-        datasets.append(MedMNISTDataset(images, labels, label_type, None, id_prefix=f"{file.stem}/{split}"))
+        parts[split] = images, labels, [f"{file.stem}/{split}/{i}" for i in range(len(images))]
     if cv_folds is not None:
-        datasets[:2] = _cv_split(datasets[0], datasets[1], cv_folds, cv_fold, cv_seed, file.stem)
-    for dataset, split in zip(datasets, SPLIT_NAMES):
-        dataset.transform = train_transform if split == "train" else eval_transform
+        parts.update(_cv_split(parts["train"], parts["val"], cv_folds, cv_fold, cv_seed, file.stem))
+    datasets = [MedMNISTDataset(*parts[split][:2], label_type, train_transform if split == "train" else eval_transform,
+                                ids=parts[split][2]) for split in SPLIT_NAMES]
     return Splits(*datasets, class_names=class_names, label_type=label_type)
 
 
-def _cv_split(
-    train: MedMNISTDataset, val: MedMNISTDataset, folds: int, fold: int, seed: int, stem: str
-) -> list[MedMNISTDataset]:
-    """(train, val) of fold ``fold``: train + val pooled (ids ``<stem>/trainval/<i>``, train's
-    images first), fold ``fold`` of ``stratified_folds`` as val, the rest as train."""
-    images = np.concatenate([train.images, val.images])
-    labels = np.concatenate([train.labels, val.labels])
+def _cv_split(train: tuple, val: tuple, folds: int, fold: int, seed: int, stem: str) -> dict[str, tuple]:
+    """{"train", "val"} of fold ``fold`` as (images, labels, ids): train + val pooled (ids
+    ``<stem>/trainval/<i>``, train's images first), fold ``fold`` of ``stratified_folds`` as
+    val, the rest as train."""
+    images, labels = np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]])
     in_val = stratified_folds(labels, folds, seed) == fold
-    out = []
-    for keep in (~in_val, in_val):
+    out = {}
+    for split, keep in (("train", ~in_val), ("val", in_val)):
         idx = np.flatnonzero(keep)
-        out.append(MedMNISTDataset(images[idx], labels[idx], train.label_type, ids=[f"{stem}/trainval/{i}" for i in idx]))
+        out[split] = images[idx], labels[idx], [f"{stem}/trainval/{i}" for i in idx]
     return out
 
 
