@@ -2,6 +2,8 @@
 
     python benchmarks/bench_quality.py                     # BreastMNIST: ViT recipe vs ResNet-18, 3 seeds
     python benchmarks/bench_quality.py --jobs 2 --json results/bench_quality/metrics.json
+    python benchmarks/bench_quality.py --cv-folds 3 --jobs 2        # choose on 3 folds of train + val (val AUC)
+    python benchmarks/bench_quality.py --cv-folds 3 --models vit --vit-overrides "model.depth=8"
     python benchmarks/bench_quality.py --part captioning   # Flickr8k 1k: with vs without MAE pretraining
     python benchmarks/bench_quality.py --part contrastive  # Flickr8k 1k: retrieval R@K; CoCa vs captioning
 
@@ -11,7 +13,11 @@ documented recipe, conf/specialize/medical_vit_tiny_medmnist.yaml) and the same 
 conf/specialize/medical_resnet18_medmnist.yaml), each its own recipe (--epochs sets both) with the
 same seeds, each run within the same 15-minute budget on a 2-core CPU (wall times printed). Models are chosen on val AUC
 (the best checkpoint), tested once. Prints each run, mean ± std of test AUC / ACC per model and,
-last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`.
+last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`. `--cv-folds K` instead runs
+each model on the K folds of train + val (`data.cv_folds`; test left unread) and prints best val AUC
+per fold, their mean and `CV_RATIO val_auc_vit_over_resnet18`: where to choose between recipes, since
+a few dozen official val images cannot separate recipes a few hundredths apart. `--vit-overrides`
+adds train.py overrides to the ViT's runs (a candidate change to the recipe).
 
 **captioning**: Flickr8k 1k (`data=caption_table`) from scratch for --caption-epochs, against MAE
 pretraining on the same training images (--pretrain-epochs) followed by captioning with that
@@ -91,8 +97,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def medmnist(args: argparse.Namespace) -> dict[str, float]:
     data = ["task=medical", "data=medmnist", f"data.path={args.data}", "task.num_heatmaps=0"]
     epochs = [f"trainer.max_epochs={args.epochs}"] if args.epochs else []
-    models = {m: extra for m, extra in {"vit": [], "resnet18": ["model=resnet18"]}.items() if m in args.models}
-    jobs = {f"{m}_seed{s}": [*data, *extra, *epochs, f"seed={s}", *(TINY if args.tiny else [])]
+    models = {m: extra for m, extra in {"vit": args.vit_overrides, "resnet18": ["model=resnet18"]}.items()
+              if m in args.models}
+    tiny = TINY if args.tiny else []
+    if args.cv_folds:
+        return medmnist_cv(args, models, [*data, *epochs, *tiny])
+    jobs = {f"{m}_seed{s}": [*data, *extra, *epochs, f"seed={s}", *tiny]
             for s in args.seeds for m, extra in models.items()}
     print(f"BreastMNIST-style quality run: {args.data}, seeds {args.seeds}, {args.jobs} at a time")
     results = run_all(jobs, args.out, args.jobs, args.threads)
@@ -109,6 +119,31 @@ def medmnist(args: argparse.Namespace) -> dict[str, float]:
     if len(models) == 2:
         summary["auc_vit_over_resnet18"] = summary["vit/auc_mean"] / summary["resnet18/auc_mean"]
         print(f"RATIO auc_vit_over_resnet18 {summary['auc_vit_over_resnet18']:.3f}")
+    return summary
+
+
+def medmnist_cv(args: argparse.Namespace, models: dict[str, list[str]], common: list[str]) -> dict[str, float]:
+    """--cv-folds K: each model once per fold of train + val (`data.cv_folds`, the first seed), scored
+    on the fold's val images only (best val AUC, the number the checkpoint is chosen by): a way to
+    choose between recipes on every labelled image, with the test split left unread."""
+    k, seed = args.cv_folds, args.seeds[0]
+    jobs = {f"{m}_fold{f}": [*common, *extra, f"seed={seed}", f"data.cv_folds={k}", f"data.cv_fold={f}"]
+            for f in range(k) for m, extra in models.items()}
+    print(f"BreastMNIST-style cross-validation: {args.data}, {k} folds of train + val, seed {seed}, "
+          f"{args.jobs} at a time")
+    results = run_all(jobs, args.out, args.jobs, args.threads)
+    summary: dict[str, float] = {}
+    for m in models:
+        folds = [results[f"{m}_fold{f}"]["val/auc_best"] for f in range(k)]
+        for f, auc in enumerate(folds):
+            summary[f"{m}_fold{f}/val/auc_best"] = auc
+            summary[f"{m}_fold{f}/process_s"] = results[f"{m}_fold{f}"]["process_s"]
+        summary[f"{m}/cv_val_auc_mean"], summary[f"{m}/cv_val_auc_std"] = mean_std(folds)
+        print(f"{m:>9}: best val AUC per fold " + " / ".join(f"{a:.3f}" for a in folds)
+              + f", mean {summary[f'{m}/cv_val_auc_mean']:.3f} ± {summary[f'{m}/cv_val_auc_std']:.3f}")
+    if len(models) == 2:
+        summary["cv_val_auc_vit_over_resnet18"] = summary["vit/cv_val_auc_mean"] / summary["resnet18/cv_val_auc_mean"]
+        print(f"CV_RATIO val_auc_vit_over_resnet18 {summary['cv_val_auc_vit_over_resnet18']:.3f}")
     return summary
 
 
@@ -178,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieval-epochs", type=int, default=30, help="contrastive: task=retrieval's epochs")
     ap.add_argument("--pretrain-epochs", type=int, default=30, help="MAE epochs; their time comes out of the captioning's")
     ap.add_argument("--models", type=lambda s: s.split(","), default=["vit", "resnet18"], help="medmnist: vit,resnet18")
+    ap.add_argument("--vit-overrides", type=str.split, default=[],
+                    help="medmnist: train.py overrides added to the ViT recipe's runs, e.g. 'model.depth=8'")
+    ap.add_argument("--cv-folds", type=int, default=None,
+                    help="medmnist: k-fold cross-validation on train + val instead of seeds (val AUC only)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))

@@ -11,12 +11,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
+def tiny_medmnist(tmp_path: Path) -> Path:
     labels = np.arange(24) % 2
     images = np.random.default_rng(0).integers(0, 256, (24, 28, 28), dtype=np.uint8)
     data = tmp_path / "breastmnist.npz"
     np.savez(data, **{f"{s}_images": images for s in ("train", "val", "test")},
              **{f"{s}_labels": labels for s in ("train", "val", "test")})
+    return data
+
+
+def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
+    data = tiny_medmnist(tmp_path)
     cmd = [sys.executable, "benchmarks/bench_quality.py", "--tiny", "--seeds", "0,1", "--jobs", "2",
            "--data", str(data), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -28,6 +33,27 @@ def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
     for m in ("vit", "resnet18"):  # mean of the two seeds' test AUC
         runs = [numbers[f"{m}_seed{s}/test/auc"] for s in (0, 1)]
         assert numbers[f"{m}/auc_mean"] == sum(runs) / 2
+
+
+def test_bench_quality_medmnist_cv_tiny(tmp_path: Path) -> None:
+    """--cv-folds: one run per model and fold, each on its fold (its overrides reach train.py),
+    the ViT's with --vit-overrides; fold means of best val AUC and the CV_RATIO line last."""
+    cmd = [sys.executable, "benchmarks/bench_quality.py", "--tiny", "--cv-folds", "2", "--jobs", "2",
+           "--vit-overrides", "model.depth=1 model.global_pool=avg", "--data", str(tiny_medmnist(tmp_path)),
+           "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    numbers = json.loads((tmp_path / "q.json").read_text())
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"CV_RATIO val_auc_vit_over_resnet18 {numbers['cv_val_auc_vit_over_resnet18']:.3f}")
+    for m in ("vit", "resnet18"):
+        folds = [numbers[f"{m}_fold{f}/val/auc_best"] for f in (0, 1)]
+        assert numbers[f"{m}/cv_val_auc_mean"] == sum(folds) / 2
+        for f in (0, 1):
+            cfg = (tmp_path / "runs" / f"{m}_fold{f}" / ".hydra" / "config.yaml").read_text()
+            assert "cv_folds: 2" in cfg and f"cv_fold: {f}" in cfg
+    assert "depth: 1" in (tmp_path / "runs" / "vit_fold0" / ".hydra" / "config.yaml").read_text()
+    assert not any(k.startswith("test/") or "/test/" in k for k in numbers)  # the test split stays unread
 
 
 def caption_table(tmp_path: Path) -> Path:
