@@ -32,6 +32,10 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
     with them it is the weights' (the preset's, the timm model's, or, for a checkpoint of ours
     such as an MAE pretraining's, the encoder architecture it recorded)."""
     recorded = recorded_encoder_architecture(pretrained) if pretrained else {}
+    if recorded.get("stem") is not None and kwargs.get("stem") not in (None, recorded["stem"]):
+        # Stems can share parameter names and shapes (conv / conv_pool at patch 2): refuse by name.
+        raise ValueError(f"{pretrained} was trained with stem={recorded['stem']!r}; model.stem="
+                         f"{kwargs['stem']!r} would load its weights into a different stem (leave it unset)")
     kwargs = {**kwargs, **{k: v for k, v in recorded.items() if kwargs.get(k) is None}}
     if kwargs.get("patch_size") is None and not pretrained and kwargs.get("img_size") is not None:
         kwargs = {**kwargs, "patch_size": auto_patch_size(kwargs["img_size"])}

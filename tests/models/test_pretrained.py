@@ -101,3 +101,9 @@ def test_a_checkpoint_of_ours_gives_its_encoder_architecture(tmp_path) -> None:
     assert (kwargs["patch_size"], kwargs["depth"], kwargs["stem"]) == (8, 2, "conv")
     assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "depth": 3})["depth"] == 3  # explicit wins
     assert encoder_kwargs("vit_tiny", None, {"img_size": 64, "patch_size": None})["patch_size"] == 8  # from the image
+    # A different stem is refused by name, even where its keys would fit: at patch 2 the conv and
+    # the pooled conv stem share parameter names and shapes.
+    assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "stem": "conv"})["stem"] == "conv"
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": {"model": {"patch_size": 2, "stem": "conv"}}}}, ckpt)
+    with pytest.raises(ValueError, match=r"stem='conv'.*model.stem='conv_pool'"):
+        encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 28, "stem": "conv_pool"})
