@@ -11,7 +11,8 @@
 documented recipe, conf/specialize/medical_vit_tiny_medmnist.yaml) and the same command with
 `model=resnet18` (MedMNIST v2's ResNet-18 at 28 px: 3x3 stem, no max-pool, 100 epochs,
 conf/specialize/medical_resnet18_medmnist.yaml), each its own recipe (--epochs sets both) with the
-same seeds, each run within the same 15-minute budget on a 2-core CPU (wall times printed). Models are chosen on val AUC
+same seeds (wall times printed: the ViT's runs fit the 15-minute budget on a 2-core CPU; ResNet-18's 100
+epochs took 2-3 times as long beside another run, results/bench_quality_breastmnist). Models are chosen on val AUC
 (the best checkpoint), tested once. Prints each run, mean ± std of test AUC / ACC per model and,
 last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`. `--cv-folds K` instead runs
 each model on the K folds of train + val (`data.cv_folds`; test left unread) and prints best val AUC
