@@ -28,6 +28,9 @@ def _worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tens
         loss.backward()
         results.append((loss.detach(), mine_img.grad, mine_txt.grad))
     torch.save(results, Path(out) / f"{rank}.pt")
+    # Both ranks arrive before either tears gloo down: a peer that closes its connections while the
+    # other may still be reading can abort that process (one SIGABRT in 4 CI runs, session 6).
+    dist.barrier()
     dist.destroy_process_group()
 
 
