@@ -3,7 +3,7 @@
     python benchmarks/bench_quality.py                     # BreastMNIST: ViT recipe vs ResNet-18, 3 seeds
     python benchmarks/bench_quality.py --jobs 2 --json results/bench_quality/metrics.json
     python benchmarks/bench_quality.py --cv-folds 3 --jobs 2        # choose on 3 folds of train + val (val AUC)
-    python benchmarks/bench_quality.py --cv-folds 3 --models vit --vit-overrides "model.depth=8"
+    python benchmarks/bench_quality.py --cv-folds 3 --models vit --vit-overrides "model.depth=8"  # 3 x 3 runs
     python benchmarks/bench_quality.py --part captioning   # Flickr8k 1k: with vs without MAE pretraining
     python benchmarks/bench_quality.py --part contrastive  # Flickr8k 1k: retrieval R@K; CoCa vs captioning
 
@@ -15,8 +15,8 @@ same seeds (wall times printed: the ViT's runs fit the 15-minute budget on a 2-c
 epochs took 2-3 times as long beside another run, results/bench_quality_breastmnist). Models are chosen on val AUC
 (the best checkpoint), tested once. Prints each run, mean ± std of test AUC / ACC per model and,
 last, `RATIO auc_vit_over_resnet18 <mean ViT AUC / mean ResNet-18 AUC>`. `--cv-folds K` instead runs
-each model on the K folds of train + val (`data.cv_folds`; test left unread) and prints best val AUC
-per fold, their mean and `CV_RATIO val_auc_vit_over_resnet18`: where to choose between recipes, since
+each model on the K folds of train + val (`data.cv_folds`; test left unread) with each seed and prints
+best val AUC per fold, the mean over all runs and `CV_RATIO val_auc_vit_over_resnet18`: where to choose between recipes, since
 a few dozen official val images cannot separate recipes a few hundredths apart. `--vit-overrides`
 adds train.py overrides to the ViT's runs (a candidate change to the recipe).
 
@@ -124,24 +124,29 @@ def medmnist(args: argparse.Namespace) -> dict[str, float]:
 
 
 def medmnist_cv(args: argparse.Namespace, models: dict[str, list[str]], common: list[str]) -> dict[str, float]:
-    """--cv-folds K: each model once per fold of train + val (`data.cv_folds`, the first seed), scored
-    on the fold's val images only (best val AUC, the number the checkpoint is chosen by): a way to
-    choose between recipes on every labelled image, with the test split left unread."""
-    k, seed = args.cv_folds, args.seeds[0]
-    jobs = {f"{m}_fold{f}": [*common, *extra, f"seed={seed}", f"data.cv_folds={k}", f"data.cv_fold={f}"]
-            for f in range(k) for m, extra in models.items()}
-    print(f"BreastMNIST-style cross-validation: {args.data}, {k} folds of train + val, seed {seed}, "
+    """--cv-folds K: each model once per fold of train + val (`data.cv_folds`) and seed, scored on
+    the fold's val images only (best val AUC, the number the checkpoint is chosen by): a way to
+    choose between recipes on every labelled image, with the test split left unread. Every seed
+    counts: one run per fold moves by a few hundredths with the run (README, Results, BreastMNIST)."""
+    k = args.cv_folds
+    runs = [(s, f) for s in args.seeds for f in range(k)]
+    jobs = {f"{m}_seed{s}_fold{f}": [*common, *extra, f"seed={s}", f"data.cv_folds={k}", f"data.cv_fold={f}"]
+            for s, f in runs for m, extra in models.items()}
+    print(f"BreastMNIST-style cross-validation: {args.data}, {k} folds of train + val, seeds {args.seeds}, "
           f"{args.jobs} at a time")
     results = run_all(jobs, args.out, args.jobs, args.threads)
     summary: dict[str, float] = {}
     for m in models:
-        folds = [results[f"{m}_fold{f}"]["val/auc_best"] for f in range(k)]
-        for f, auc in enumerate(folds):
-            summary[f"{m}_fold{f}/val/auc_best"] = auc
-            summary[f"{m}_fold{f}/process_s"] = results[f"{m}_fold{f}"]["process_s"]
-        summary[f"{m}/cv_val_auc_mean"], summary[f"{m}/cv_val_auc_std"] = mean_std(folds)
-        print(f"{m:>9}: best val AUC per fold " + " / ".join(f"{a:.3f}" for a in folds)
-              + f", mean {summary[f'{m}/cv_val_auc_mean']:.3f} ± {summary[f'{m}/cv_val_auc_std']:.3f}")
+        for s, f in runs:
+            summary[f"{m}_seed{s}_fold{f}/val/auc_best"] = results[f"{m}_seed{s}_fold{f}"]["val/auc_best"]
+            summary[f"{m}_seed{s}_fold{f}/process_s"] = results[f"{m}_seed{s}_fold{f}"]["process_s"]
+        per_fold = [statistics.fmean(summary[f"{m}_seed{s}_fold{f}/val/auc_best"] for s in args.seeds)
+                    for f in range(k)]
+        summary[f"{m}/cv_val_auc_mean"], summary[f"{m}/cv_val_auc_std"] = mean_std(
+            [summary[f"{m}_seed{s}_fold{f}/val/auc_best"] for s, f in runs])
+        print(f"{m:>9}: best val AUC per fold (mean of {len(args.seeds)} seeds) "
+              + " / ".join(f"{a:.3f}" for a in per_fold)
+              + f"; all {len(runs)} runs {summary[f'{m}/cv_val_auc_mean']:.3f} ± {summary[f'{m}/cv_val_auc_std']:.3f}")
     if len(models) == 2:
         summary["cv_val_auc_vit_over_resnet18"] = summary["vit/cv_val_auc_mean"] / summary["resnet18/cv_val_auc_mean"]
         print(f"CV_RATIO val_auc_vit_over_resnet18 {summary['cv_val_auc_vit_over_resnet18']:.3f}")
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vit-overrides", type=str.split, default=[],
                     help="medmnist: train.py overrides added to the ViT recipe's runs, e.g. 'model.depth=8'")
     ap.add_argument("--cv-folds", type=int, default=None,
-                    help="medmnist: k-fold cross-validation on train + val instead of seeds (val AUC only)")
+                    help="medmnist: k-fold cross-validation on train + val, each fold with each seed (val AUC only)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +37,9 @@ def test_bench_quality_medmnist_tiny(tmp_path: Path) -> None:
 
 
 def test_bench_quality_medmnist_cv_tiny(tmp_path: Path) -> None:
-    """--cv-folds: one run per model and fold, each on its fold (its overrides reach train.py),
-    the ViT's with --vit-overrides; fold means of best val AUC and the CV_RATIO line last."""
-    cmd = [sys.executable, "benchmarks/bench_quality.py", "--tiny", "--cv-folds", "2", "--jobs", "2",
+    """--cv-folds: one run per model, seed and fold, each on its fold (its overrides reach train.py),
+    the ViT's with --vit-overrides; means of best val AUC over all runs and the CV_RATIO line last."""
+    cmd = [sys.executable, "benchmarks/bench_quality.py", "--tiny", "--cv-folds", "2", "--seeds", "0,1", "--jobs", "2",
            "--vit-overrides", "model.depth=1 model.global_pool=avg", "--data", str(tiny_medmnist(tmp_path)),
            "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -46,13 +47,14 @@ def test_bench_quality_medmnist_cv_tiny(tmp_path: Path) -> None:
     numbers = json.loads((tmp_path / "q.json").read_text())
     assert out.stdout.strip().splitlines()[-1] == (
         f"CV_RATIO val_auc_vit_over_resnet18 {numbers['cv_val_auc_vit_over_resnet18']:.3f}")
+    runs = [(s, f) for s in (0, 1) for f in (0, 1)]
     for m in ("vit", "resnet18"):
-        folds = [numbers[f"{m}_fold{f}/val/auc_best"] for f in (0, 1)]
-        assert numbers[f"{m}/cv_val_auc_mean"] == sum(folds) / 2
-        for f in (0, 1):
-            cfg = (tmp_path / "runs" / f"{m}_fold{f}" / ".hydra" / "config.yaml").read_text()
-            assert "cv_folds: 2" in cfg and f"cv_fold: {f}" in cfg
-    assert "depth: 1" in (tmp_path / "runs" / "vit_fold0" / ".hydra" / "config.yaml").read_text()
+        aucs = [numbers[f"{m}_seed{s}_fold{f}/val/auc_best"] for s, f in runs]
+        assert numbers[f"{m}/cv_val_auc_mean"] == pytest.approx(sum(aucs) / 4)
+        for s, f in runs:
+            cfg = (tmp_path / "runs" / f"{m}_seed{s}_fold{f}" / ".hydra" / "config.yaml").read_text()
+            assert "cv_folds: 2" in cfg and f"cv_fold: {f}" in cfg and f"seed: {s}" in cfg
+    assert "depth: 1" in (tmp_path / "runs" / "vit_seed0_fold0" / ".hydra" / "config.yaml").read_text()
     assert not any(k.startswith("test/") or "/test/" in k for k in numbers)  # the test split stays unread
 
 
