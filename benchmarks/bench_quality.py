@@ -49,6 +49,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -60,16 +62,21 @@ TINY_CAPTIONS = [*TINY[:-1], "data.batch_size=8"]
 def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
     """One train.py run; its metrics.json plus the wall time of the whole process. A run whose
     folder already holds a finished run (its metrics.json, e.g. of an interrupted benchmark given
-    the same --out) is read back, not run again."""
+    the same --out) is read back, not run again; refused when that run's .hydra/overrides.yaml
+    shows other overrides (another --vit-overrides, say)."""
     run_dir = out / name
     done = run_dir / "process.json"
+    extra = ["logger=csv", "callbacks.progress_bar.refresh_rate=0"]
     if (run_dir / "metrics.json").is_file():
+        ran = run_dir / ".hydra" / "overrides.yaml"
+        if ran.is_file() and sorted(OmegaConf.load(ran)) != sorted([*overrides, *extra]):
+            raise RuntimeError(f"{run_dir} holds a finished run of other overrides ({ran}: "
+                               f"{list(OmegaConf.load(ran))}); asked for {[*overrides, *extra]}: give another --out")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         took = json.loads(done.read_text())["process_s"] if done.is_file() else metrics["wall_time_s"]
         print(f"  {name}: finished earlier in {run_dir} ({took:.0f} s), read back", flush=True)
         return {**metrics, "process_s": took}
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", "logger=csv",
-           "callbacks.progress_bar.refresh_rate=0"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -56,6 +56,12 @@ def test_bench_quality_medmnist_cv_tiny(tmp_path: Path) -> None:
             assert "cv_folds: 2" in cfg and f"cv_fold: {f}" in cfg and f"seed: {s}" in cfg
     assert "depth: 1" in (tmp_path / "runs" / "vit_seed0_fold0" / ".hydra" / "config.yaml").read_text()
     assert not any(k.startswith("test/") or "/test/" in k for k in numbers)  # the test split stays unread
+    # The same --out: finished runs are read back, but not as the runs of other overrides.
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("read back") == 8, again.stderr[-3000:]
+    cmd[cmd.index("--vit-overrides") + 1] = "model.depth=2"
+    other = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "holds a finished run of other overrides" in other.stderr
 
 
 def caption_table(tmp_path: Path) -> Path:
