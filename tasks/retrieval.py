@@ -12,6 +12,7 @@ text -> image Recall@1/5/10 and median rank (``mmtrans.metrics.retrieval``); at 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.metrics.retrieval import retrieval_metrics, text_keys, top_k
-from mmtrans.models.clip import contrastive_loss
+from mmtrans.models.clip import contrastive_chance_loss, contrastive_loss
 from mmtrans.optim import adamw, param_groups
 from mmtrans.text import CaptionTokenizer
 from tasks.caption_tokenizer import build_tokenizer, tokenise_in_loader
@@ -81,6 +83,9 @@ class RetrievalTask(L.LightningModule):
         self.model = model
         self.tokenizer = tokenizer
         self._outputs: list[tuple[str, Tensor, list[str], Tensor]] = []
+        self._epoch_loss: list[Tensor] = []  # this epoch's (loss, chance) per step: the at-chance warning
+        self._epoch_chance: list[float] = []
+        self._warned_chance = False
 
     @staticmethod
     def _require(batch: dict[str, Any], key: str) -> None:
@@ -110,8 +115,32 @@ class RetrievalTask(L.LightningModule):
         image_emb, text_emb, scale = self.model(images, tokens, pad)
         loss = contrastive_loss(image_emb, text_emb, scale, texts_per_image=k)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        self._epoch_loss.append(loss.detach())
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._epoch_chance.append(contrastive_chance_loss(len(images) * world, k))
         self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False, batch_size=len(images))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss, self._epoch_chance = [], []
+
+    def on_train_epoch_end(self) -> None:
+        """Warn (once) when, from the second epoch after the warm-up on (the third at the
+        earliest), the epoch's mean training loss has not fallen 1 % below chance
+        (``contrastive_chance_loss``, log of the batch's candidates): the model has learned
+        nothing to rank by yet (its Recall@K is near that of a random ranking)."""
+        first = max(2, math.ceil(self.hparams.warmup_epochs) + 1)
+        if self._warned_chance or self.current_epoch < first or not self._epoch_loss:
+            return
+        loss = torch.stack(self._epoch_loss).float().mean().item()
+        chance = sum(self._epoch_chance) / len(self._epoch_chance)
+        if loss >= 0.99 * chance:  # collapsed embeddings sit at chance, random ones above it
+            self._warned_chance = True
+            rank_zero_warn(
+                f"retrieval: epoch {self.current_epoch}'s mean train/loss {loss:.3f} is not below chance ({chance:.3f}, "
+                "the loss of embeddings that tell no image-text pair from another): the model is not learning to "
+                "match them. Check that each caption belongs to its image, then try a lower task.lr or a longer "
+                "task.warmup_epochs.")
 
     # -- evaluation -------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from mmtrans.models import create_clip
+from mmtrans.models import contrastive_chance_loss, create_clip
 from tasks.checkpoint import load_model
 from tasks.retrieval import RetrievalTask
 from tasks.search_cli import main as search_main
@@ -75,6 +75,16 @@ def test_training_goes_through_the_models_forward():
              "ref_tokens": torch.randint(1, 50, (5, 6)), "ref_padding_mask": torch.zeros(5, 6, dtype=torch.bool)}
     loss = RetrievalTask(model, tokenizer=None, captions_per_image=2).training_step(batch, 0)
     assert calls == [(2, 4)] and loss.requires_grad  # 2 images, 2 of the references of each
+
+
+def test_a_run_stuck_at_chance_says_so(tmp_path):
+    """A model that does not learn (lr 0) keeps the loss at chance: from the second epoch a warning
+    names the loss and the chance level (the second epoch after a one-epoch warm-up)."""
+    cfg = compose_cfg(tmp_path, *TINY, "trainer.max_epochs=3", "task.warmup_epochs=1", "task.lr=0", "trainer.limit_val_batches=0",
+                      "trainer.limit_test_batches=0")
+    chance = contrastive_chance_loss(8, cfg.task.captions_per_image)  # batches of 8 images
+    with pytest.warns(UserWarning, match=rf"epoch 2's mean train/loss [0-9.]+ is not below chance \({chance:.3f}"):
+        train(cfg)
 
 
 def test_validate_evaluates_a_checkpoint_on_val(trained, tmp_path):

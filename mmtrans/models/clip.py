@@ -256,6 +256,13 @@ def gather_features(x: Tensor) -> Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def contrastive_chance_loss(n: int, texts_per_image: int = 1) -> float:
+    """``contrastive_loss`` of logits that tell no pair from another (all equal), for ``n`` images
+    in the (global) batch: ``(log(n k) + log n) / 2``. A model whose loss stays here has not
+    learned to match images with their texts."""
+    return (math.log(n * texts_per_image) + math.log(n)) / 2
+
+
 def contrastive_loss(
     image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True, texts_per_image: int = 1
 ) -> Tensor:

@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from mmtrans.models import CoCa, ContrastiveModel, contrastive_loss, create_captioner, create_clip
+from mmtrans.models import (
+    CoCa,
+    ContrastiveModel,
+    contrastive_chance_loss,
+    contrastive_loss,
+    create_captioner,
+    create_clip,
+)
 from mmtrans.models.convert_open_clip import OPENAI_CLIP_MEAN, clip_kwargs_from_open_clip, convert_open_clip
 
 open_clip = pytest.importorskip("open_clip")
@@ -106,6 +113,14 @@ def test_contrastive_loss_equals_open_clip_clip_loss():
     scale = torch.tensor(14.3)
     ours = contrastive_loss(img, txt, scale)
     assert ours.item() == pytest.approx(ClipLoss()(img, txt, scale).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("n, k", [(8, 1), (6, 2), (5, 3)])
+def test_chance_loss_is_the_loss_of_equal_logits(n, k):
+    """The level a model that tells no image-text pair from another sits at: equal logits."""
+    img, txt = torch.zeros(n, 16), torch.zeros(n * k, 16)
+    loss = contrastive_loss(img, txt, torch.tensor(14.3), gather=False, texts_per_image=k)
+    assert loss.item() == pytest.approx(contrastive_chance_loss(n, k), abs=1e-6)
 
 
 def test_embeddings_and_logits_stay_float32_under_autocast():
