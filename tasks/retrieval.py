@@ -83,7 +83,7 @@ class RetrievalTask(L.LightningModule):
         self.model = model
         self.tokenizer = tokenizer
         self._outputs: list[tuple[str, Tensor, list[str], Tensor]] = []
-        self._epoch_loss: list[Tensor] = []  # this epoch's (loss, chance) per step: the at-chance warning
+        self._epoch_loss: list[Tensor] = []  # this epoch's loss and chance level per step (on_train_epoch_end)
         self._epoch_chance: list[float] = []
         self._warned_chance = False
 
@@ -137,7 +137,7 @@ class RetrievalTask(L.LightningModule):
         if loss >= 0.99 * chance:  # collapsed embeddings sit at chance, random ones above it
             self._warned_chance = True
             rank_zero_warn(
-                f"retrieval: epoch {self.current_epoch}'s mean train/loss {loss:.3f} is not below chance ({chance:.3f}, "
+                f"retrieval: epoch {self.current_epoch}'s mean train/loss {loss:.3f} has not fallen 1 % below chance ({chance:.3f}, "
                 "the loss of embeddings that tell no image-text pair from another): the model is not learning to "
                 "match them. Check that each caption belongs to its image, then try a lower task.lr or a longer "
                 "task.warmup_epochs.")
