@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quality.py                     # BreastMNIST: ViT recipe vs ResNet-18, 3 seeds
     python benchmarks/bench_quality.py --jobs 2 --json results/bench_quality/metrics.json
-    python benchmarks/bench_quality.py --cv-folds 3 --jobs 2        # choose on 3 folds of train + val (val AUC)
+    python benchmarks/bench_quality.py --cv-folds 3 --jobs 2        # 3 folds of train + val x 3 seeds, val AUC
     python benchmarks/bench_quality.py --cv-folds 3 --models vit --vit-overrides "model.depth=8"  # 3 x 3 runs
     python benchmarks/bench_quality.py --part captioning   # Flickr8k 1k: with vs without MAE pretraining
     python benchmarks/bench_quality.py --part contrastive  # Flickr8k 1k: retrieval R@K; CoCa vs captioning
