@@ -69,9 +69,10 @@ def run(name: str, overrides: list[str], out: Path, threads: int) -> dict:
     extra = ["logger=csv", "callbacks.progress_bar.refresh_rate=0"]
     if (run_dir / "metrics.json").is_file():
         ran = run_dir / ".hydra" / "overrides.yaml"
-        if ran.is_file() and sorted(OmegaConf.load(ran)) != sorted([*overrides, *extra]):
+        ran_with = list(OmegaConf.load(ran)) if ran.is_file() else None
+        if ran_with is not None and sorted(ran_with) != sorted([*overrides, *extra]):
             raise RuntimeError(f"{run_dir} holds a finished run of other overrides ({ran}: "
-                               f"{list(OmegaConf.load(ran))}); asked for {[*overrides, *extra]}: give another --out")
+                               f"{ran_with}); asked for {[*overrides, *extra]}: give another --out")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         took = json.loads(done.read_text())["process_s"] if done.is_file() else metrics["wall_time_s"]
         print(f"  {name}: finished earlier in {run_dir} ({took:.0f} s), read back", flush=True)
@@ -144,13 +145,12 @@ def medmnist_cv(args: argparse.Namespace, models: dict[str, list[str]], common: 
     results = run_all(jobs, args.out, args.jobs, args.threads)
     summary: dict[str, float] = {}
     for m in models:
+        auc = {(s, f): results[f"{m}_seed{s}_fold{f}"]["val/auc_best"] for s, f in runs}
         for s, f in runs:
-            summary[f"{m}_seed{s}_fold{f}/val/auc_best"] = results[f"{m}_seed{s}_fold{f}"]["val/auc_best"]
+            summary[f"{m}_seed{s}_fold{f}/val/auc_best"] = auc[s, f]
             summary[f"{m}_seed{s}_fold{f}/process_s"] = results[f"{m}_seed{s}_fold{f}"]["process_s"]
-        per_fold = [statistics.fmean(summary[f"{m}_seed{s}_fold{f}/val/auc_best"] for s in args.seeds)
-                    for f in range(k)]
-        summary[f"{m}/cv_val_auc_mean"], summary[f"{m}/cv_val_auc_std"] = mean_std(
-            [summary[f"{m}_seed{s}_fold{f}/val/auc_best"] for s, f in runs])
+        per_fold = [statistics.fmean(auc[s, f] for s in args.seeds) for f in range(k)]
+        summary[f"{m}/cv_val_auc_mean"], summary[f"{m}/cv_val_auc_std"] = mean_std(list(auc.values()))
         print(f"{m:>9}: best val AUC per fold (mean of {len(args.seeds)} seeds) "
               + " / ".join(f"{a:.3f}" for a in per_fold)
               + f"; all {len(runs)} runs {summary[f'{m}/cv_val_auc_mean']:.3f} ± {summary[f'{m}/cv_val_auc_std']:.3f}")
