@@ -22,7 +22,7 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, Mult
 from mmtrans.data.bad_images import is_empty_batch
 from mmtrans.data.splits import LABEL_TYPES, class_counts, dataset_labels
 from mmtrans.models.heads import head_outputs
-from mmtrans.optim import build_adamw
+from mmtrans.optim import SAM, build_adamw
 from tasks.checkpoint import checkpoint_config
 from tasks.schedule import warmup_cosine_config
 
@@ -55,12 +55,15 @@ class ClassificationTask(L.LightningModule):
         mixup: dict | None = None,
         freeze_encoder: bool = False,
         tta: str | None = None,
+        sam_rho: float | None = None,
     ) -> None:
         """``mixup``: keyword arguments of timm's ``Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
         ``prob``, ...), or None; multiclass, ordinal and binary labels (not multilabel).
         ``freeze_encoder``: train the head only (linear probe). ``tta``: test-time augmentation
         of val, test and predict: "hflip" averages the logits of each image and its mirror
-        image (for data trained with horizontal flips), None: none.
+        image (for data trained with horizontal flips), None: none. ``sam_rho``: train with
+        sharpness-aware minimisation of that radius (``mmtrans.optim.SAM``; twice the
+        passes per step; the logged train loss averages the two), None: plain AdamW.
         ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
         checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
@@ -216,6 +219,8 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
+        if hp.get("sam_rho"):  # .get: checkpoints saved before the option existed
+            opt = SAM(opt, hp.sam_rho)
         return warmup_cosine_config(self.trainer, opt, hp.warmup_epochs, hp.min_lr_ratio)
 
 

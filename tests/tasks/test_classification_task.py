@@ -62,6 +62,20 @@ def test_task_options_train(tmp_path, kw):
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
 
 
+def test_sam_runs_two_passes_per_optimizer_step_under_lightning(tmp_path):
+    """task.sam_rho: Lightning's closure is called twice per step (gradient clipping on),
+    the step count and the lr schedule stay per optimizer step, and the model learns."""
+    L.seed_everything(0)
+    task = make_task(sam_rho=0.05, lr=3e-3, warmup_epochs=0, min_lr_ratio=1.0, label_smoothing=0.0)
+    calls = []
+    step = task.training_step
+    task.training_step = lambda *a, **k: calls.append(1) or step(*a, **k)
+    trainer, dl = fit(task, tmp_path, max_epochs=12, gradient_clip_val=1.0)
+    assert type(trainer.optimizers[0]).__name__ == "SAM"
+    assert trainer.global_step == 12 * len(dl) and len(calls) == 2 * trainer.global_step
+    assert trainer.callback_metrics["val/acc"] > 0.9
+
+
 def test_learns_and_checkpoint_rebuilds_model_alone(tmp_path):
     L.seed_everything(0)
     task = make_task(lr=3e-3, warmup_epochs=0, min_lr_ratio=1.0, label_smoothing=0.0)
