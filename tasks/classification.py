@@ -63,7 +63,8 @@ class ClassificationTask(L.LightningModule):
         of val, test and predict: "hflip" averages the logits of each image and its mirror
         image (for data trained with horizontal flips), None: none. ``sam_rho``: train with
         sharpness-aware minimisation of that radius (``mmtrans.optim.SAM``; twice the
-        passes per step; the logged train loss averages the two), None: plain AdamW.
+        passes per step; the logged train loss averages the two; with ``mixup`` each pass mixes
+        anew), None: plain AdamW.
         ``preprocessing``: ``Preprocessing.as_dict()`` of the data it was trained on (stored in
         checkpoints: how to feed the model new images). ``label_type``: one of LABEL_TYPES (None: multiclass); binary has one logit and a
         sigmoid, multilabel one sigmoid per label, multiclass and ordinal a softmax (ordinal
@@ -83,6 +84,8 @@ class ClassificationTask(L.LightningModule):
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         if tta not in TTA:
             raise ValueError(f"task.tta must be one of {TTA}, got {tta!r}")
+        if sam_rho is not None and not sam_rho > 0:
+            raise ValueError(f"task.sam_rho must be > 0 (the SAM radius) or null (plain AdamW), got {sam_rho!r}")
         self.save_hyperparameters(ignore=["model"])
         self.hparams.label_type = label_type
         self.model = model
@@ -219,7 +222,7 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        if hp.get("sam_rho"):  # .get: checkpoints saved before the option existed
+        if hp.get("sam_rho") is not None:  # .get: checkpoints saved before the option existed
             opt = SAM(opt, hp.sam_rho)
         return warmup_cosine_config(self.trainer, opt, hp.warmup_epochs, hp.min_lr_ratio)
 

@@ -103,6 +103,8 @@ def test_bad_arguments():
         make_task(label_type="ordinal_xyz")
     with pytest.raises(ValueError, match="class names"):
         ClassificationTask(instantiate({**MODEL_CFG, "num_classes": 4}), 4, class_names=["a"])
+    with pytest.raises(ValueError, match=r"task.sam_rho must be > 0 .*got 0"):
+        make_task(sam_rho=0)
 
 
 def test_load_model_missing_file(tmp_path):
