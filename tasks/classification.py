@@ -222,7 +222,7 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = build_adamw(self.model, hp.lr, hp.weight_decay, hp.betas, hp.layer_decay)
-        if hp.get("sam_rho") is not None:  # .get: checkpoints saved before the option existed
+        if hp.sam_rho is not None:  # an __init__ argument: always in hparams, old checkpoints included
             opt = SAM(opt, hp.sam_rho)
         return warmup_cosine_config(self.trainer, opt, hp.warmup_epochs, hp.min_lr_ratio)
 
