@@ -191,11 +191,11 @@ def pretrained_preprocessing(source: str | None) -> dict[str, Any]:
 
 
 # Encoder architecture keys a task checkpoint records in hyper_parameters.config.model.
-RECORDED_ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "stem")
+RECORDED_ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "stem", "stem_depth")
 
 
 def recorded_encoder_architecture(source: str | None) -> dict[str, Any]:
-    """The encoder architecture (patch size, width, depth, heads, stem) that one of our task
+    """The encoder architecture (patch size, width, depth, heads, stem and its depth) that one of our task
     checkpoints (``.ckpt``) recorded, so that a model built from its weights (an MAE
     pretraining's, say) fits them without repeating each key; empty for any other source."""
     path = Path(source) if source else None

@@ -26,7 +26,7 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
     "vit_large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
 }
 
-ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
+ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "stem_depth")
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs normalise to [-1, 1]
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 
@@ -72,6 +72,7 @@ class VisionTransformer(nn.Module):
         norm_layer: type[nn.Module] | None = None,
         fused_attn: bool = True,
         stem: str = "patch",
+        stem_depth: int = 1,
         locality_attn: bool = False,
     ) -> None:
         """``global_pool``: 'cls' (class token), 'avg' (mean of patch tokens) or 'none'.
@@ -83,7 +84,9 @@ class VisionTransformer(nn.Module):
         For small data sets (``mmtrans.nn.patch_embed``, ``Attention``): ``stem`` 'patch'
         (one strided conv, timm's), 'conv' (conv stem, Xiao et al. 2021), 'conv_pool' (its convs at
         stride 1, each followed by a max-pool: CCT's tokenizer) or 'spt' (shifted
-        patch tokenization, Lee et al. 2021); ``locality_attn``: locality self-attention (LSA).
+        patch tokenization, Lee et al. 2021); ``stem_depth``: conv layers per stage of the conv
+        stems (1: one per halving of the grid, the paper's; k adds k-1 stride-1 3x3 convs at each
+        resolution); ``locality_attn``: locality self-attention (LSA).
         Both keep the token grid ``img_size // patch_size``; the stem stays ``patch_embed``.
         """
         super().__init__()
@@ -109,8 +112,12 @@ class VisionTransformer(nn.Module):
         self.pretrained_cfg: dict[str, Any] = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
 
         self.stem_type = stem
+        if stem_depth != 1 and stem not in ("conv", "conv_pool"):
+            raise ValueError(f"stem_depth={stem_depth} needs stem='conv' or 'conv_pool', got stem={stem!r} "
+                             "(it has no conv layers: set stem_depth=1)")
         self.patch_embed = STEMS[stem](
-            img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size
+            img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size,
+            **({"depth": stem_depth} if stem_depth != 1 else {}),
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
@@ -241,4 +248,4 @@ def create_vit(preset: str | None = None, **kwargs: Any) -> VisionTransformer:
     if preset not in VIT_PRESETS:
         raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
     base = VIT_PRESETS[preset]
-    return VisionTransformer(**{**base, **{k: v for k, v in kwargs.items() if v is not None or k not in base}})
+    return VisionTransformer(**{**base, **{k: v for k, v in kwargs.items() if v is not None or k not in (*base, *ARCH_KEYS)}})

@@ -102,10 +102,13 @@ class ConvStem(_TokenGrid):
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         act_layer: type[nn.Module] = nn.ReLU,
         downsample: str = "stride",
+        depth: int = 1,
     ) -> None:
         super().__init__(img_size, patch_size, strict_img_size)
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
+        if depth < 1:
+            raise ValueError(f"stem depth (conv layers per stage) must be >= 1, got {depth}")
         p = self.patch_size[0]
         if self.patch_size[1] != p or p & (p - 1):
             raise ValueError(f"stem='conv' needs a square power-of-2 patch_size, got {self.patch_size}")
@@ -118,6 +121,8 @@ class ConvStem(_TokenGrid):
             c_out = max(embed_dim // 2 ** (n - 1 - i), 8)
             # No conv bias: the norm right after it has one.
             layers += [nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), norm_layer(c_out), act_layer()]
+            for _ in range(depth - 1):  # more 3x3 convs at this stage's resolution
+                layers += [nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False), norm_layer(c_out), act_layer()]
             if pool:
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
             c_in = c_out

@@ -92,13 +92,16 @@ def test_a_checkpoint_of_ours_gives_its_encoder_architecture(tmp_path) -> None:
     architecture keys come from what it recorded, so its weights fit without repeating them."""
     import torch
 
+    from mmtrans.models import create_vit
     from mmtrans.models.factory import encoder_kwargs
 
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"config": {"model": {
-        "patch_size": 8, "depth": 2, "embed_dim": None, "stem": "conv"}}}}, ckpt)
-    kwargs = encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "patch_size": None, "depth": None})
-    assert (kwargs["patch_size"], kwargs["depth"], kwargs["stem"]) == (8, 2, "conv")
+        "patch_size": 8, "depth": 2, "embed_dim": None, "stem": "conv", "stem_depth": 2}}}}, ckpt)
+    kwargs = encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "patch_size": None, "depth": None, "stem_depth": None})
+    assert (kwargs["patch_size"], kwargs["depth"], kwargs["stem"], kwargs["stem_depth"]) == (8, 2, "conv", 2)
+    assert len(create_vit("vit_tiny", **kwargs).patch_embed.stem) == 3 * 3 * 2  # 3 stages x 2 convs x (conv, norm, act)
+    assert create_vit("vit_tiny", img_size=64, stem="conv", stem_depth=None).patch_embed.stem[3].stride == (2, 2)  # null: 1
     assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "depth": 3})["depth"] == 3  # explicit wins
     assert encoder_kwargs("vit_tiny", None, {"img_size": 64, "patch_size": None})["patch_size"] == 8  # from the image
     # A different stem is refused by name, even where its keys would fit: at patch 2 the conv and

@@ -47,6 +47,25 @@ def test_pooled_conv_stem_convolves_every_pixel_then_max_pools(patch, n_convs):
         ConvStem(32, 4, 1, 48, downsample="avgpool")
 
 
+@pytest.mark.parametrize("downsample", ["stride", "maxpool"])
+def test_stem_depth_adds_stride_1_convs_at_each_resolution(downsample):
+    """``stem_depth=k``: each stage is its downsampling conv, then k-1 more 3x3 convs (stride 1,
+    same width) at that resolution; the token grid and the 1x1 projection stay as they were."""
+    deep = ConvStem(32, 4, 1, embed_dim=48, downsample=downsample, depth=3)
+    assert deep(torch.randn(2, 1, 32, 32)).shape == (2, 64, 48)
+    convs = [m for m in deep.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 24), (24, 24), (24, 24), (24, 48), (48, 48), (48, 48)]
+    assert [c.stride[0] for c in convs] == ([2, 1, 1] * 2 if downsample == "stride" else [1] * 6)
+    assert len([m for m in deep.stem if isinstance(m, torch.nn.BatchNorm2d)]) == 6
+    vit = VisionTransformer(**GREY28, stem="conv" if downsample == "stride" else "conv_pool", stem_depth=2)
+    assert len([m for m in vit.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]) == 4
+    assert vit(torch.randn(2, 1, 28, 28)).shape == (2, 50, 32)
+    with pytest.raises(ValueError, match=r"stem_depth=2 needs stem='conv'.*'spt'"):
+        VisionTransformer(**GREY28, stem="spt", stem_depth=2)
+    with pytest.raises(ValueError, match="got 0"):
+        ConvStem(32, 4, 1, 48, depth=0)
+
+
 def test_conv_stem_rejects_a_patch_it_cannot_stride_to():
     with pytest.raises(ValueError, match="power-of-2"):
         ConvStem(36, 6, 3, 32)
