@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from mmtrans.models import create_image_classifier
@@ -46,6 +47,9 @@ def test_any_medmnist_file_runs_as_written(tmp_path, name, shape, labels, chans,
     pp, model = built["datamodule"].preprocessing, built["model"]
     assert (pp.img_size, pp.in_chans) == (shape[0], chans)
     assert model.encoder.patch_embed.patch_size == ((4, 4) if shape[0] == 28 else (8, 8))
+    # The recipe's conv stem, 2 convs per halving of the grid (model.stem_depth=2): 4 at 28 px, 6 at 64.
+    convs = [m for m in model.encoder.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == (4 if shape[0] == 28 else 6)
     assert built["task"].hparams.label_type == label_type
     assert built["task"].hparams.preprocessing["in_chans"] == chans
 
