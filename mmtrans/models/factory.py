@@ -36,6 +36,11 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
         # Stems can share parameter names and shapes (conv / conv_pool at patch 2): refuse by name.
         raise ValueError(f"{pretrained} was trained with stem={recorded['stem']!r}; model.stem="
                          f"{kwargs['stem']!r} would load its weights into a different stem (leave it unset)")
+    if recorded.get("stem") in ("conv", "conv_pool"):  # a conv stem recorded without its depth had 1 conv per stage
+        recorded = {"stem_depth": 1, **recorded}
+        if kwargs.get("stem_depth") not in (None, recorded["stem_depth"]):
+            raise ValueError(f"{pretrained} was trained with stem_depth={recorded['stem_depth']}; model.stem_depth="
+                             f"{kwargs['stem_depth']} would not fit its stem's weights (leave it unset)")
     kwargs = {**kwargs, **{k: v for k, v in recorded.items() if kwargs.get(k) is None}}
     if kwargs.get("patch_size") is None and not pretrained and kwargs.get("img_size") is not None:
         kwargs = {**kwargs, "patch_size": auto_patch_size(kwargs["img_size"])}

@@ -112,12 +112,13 @@ class VisionTransformer(nn.Module):
         self.pretrained_cfg: dict[str, Any] = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
 
         self.stem_type = stem
-        if stem_depth != 1 and stem not in ("conv", "conv_pool"):
+        conv_stem = stem in ("conv", "conv_pool")
+        if stem_depth != 1 and not conv_stem:
             raise ValueError(f"stem_depth={stem_depth} needs stem='conv' or 'conv_pool', got stem={stem!r} "
                              "(it has no conv layers: set stem_depth=1)")
         self.patch_embed = STEMS[stem](
             img_size, patch_size, in_chans, embed_dim, bias=not pre_norm, strict_img_size=not dynamic_img_size,
-            **({"depth": stem_depth} if stem_depth != 1 else {}),
+            **({"depth": stem_depth} if conv_stem else {}),
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None

@@ -102,6 +102,8 @@ def test_a_checkpoint_of_ours_gives_its_encoder_architecture(tmp_path) -> None:
     assert (kwargs["patch_size"], kwargs["depth"], kwargs["stem"], kwargs["stem_depth"]) == (8, 2, "conv", 2)
     assert len(create_vit("vit_tiny", **kwargs).patch_embed.stem) == 3 * 3 * 2  # 3 stages x 2 convs x (conv, norm, act)
     assert create_vit("vit_tiny", img_size=64, stem="conv", stem_depth=None).patch_embed.stem[3].stride == (2, 2)  # null: 1
+    with pytest.raises(ValueError, match=r"stem_depth=2; model.stem_depth=1"):
+        encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "stem_depth": 1})
     assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 64, "depth": 3})["depth"] == 3  # explicit wins
     assert encoder_kwargs("vit_tiny", None, {"img_size": 64, "patch_size": None})["patch_size"] == 8  # from the image
     # A different stem is refused by name, even where its keys would fit: at patch 2 the conv and
@@ -110,3 +112,8 @@ def test_a_checkpoint_of_ours_gives_its_encoder_architecture(tmp_path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"config": {"model": {"patch_size": 2, "stem": "conv"}}}}, ckpt)
     with pytest.raises(ValueError, match=r"stem='conv'.*model.stem='conv_pool'"):
         encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 28, "stem": "conv_pool"})
+    # A conv stem recorded before stem_depth existed (or left null) had one conv per stage: the
+    # MedMNIST recipe's stem_depth=2 would not fit it, and is refused by name.
+    assert encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 28, "stem_depth": None})["stem_depth"] == 1
+    with pytest.raises(ValueError, match=r"stem_depth=1; model.stem_depth=2"):
+        encoder_kwargs("vit_tiny", str(ckpt), {"img_size": 28, "stem_depth": 2})
