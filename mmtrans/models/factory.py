@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from mmtrans.nn import get_act_layer, resample_pos_embed
+from mmtrans.nn import CONV_STEMS, get_act_layer, resample_pos_embed
 
 from .captioner import ImageCaptioner
 from .clip import CoCa, ContrastiveModel
@@ -36,7 +36,7 @@ def encoder_kwargs(preset: str | None, pretrained: str | None, kwargs: dict[str,
         # Stems can share parameter names and shapes (conv / conv_pool at patch 2): refuse by name.
         raise ValueError(f"{pretrained} was trained with stem={recorded['stem']!r}; model.stem="
                          f"{kwargs['stem']!r} would load its weights into a different stem (leave it unset)")
-    if recorded.get("stem") in ("conv", "conv_pool"):  # a conv stem recorded without its depth had 1 conv per stage
+    if recorded.get("stem") in CONV_STEMS:  # a conv stem recorded without its depth had 1 conv per stage
         recorded = {"stem_depth": 1, **recorded}
         if kwargs.get("stem_depth") not in (None, recorded["stem_depth"]):
             raise ValueError(f"{pretrained} was trained with stem_depth={recorded['stem_depth']}; model.stem_depth="

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmtrans.nn import STEMS, Block, resample_pos_embed, sincos_pos_embed_2d
+from mmtrans.nn import CONV_STEMS, STEMS, Block, resample_pos_embed, sincos_pos_embed_2d
 
 __all__ = ["VIT_PRESETS", "VisionTransformer", "auto_patch_size", "create_vit"]
 
@@ -112,7 +112,7 @@ class VisionTransformer(nn.Module):
         self.pretrained_cfg: dict[str, Any] = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
 
         self.stem_type = stem
-        conv_stem = stem in ("conv", "conv_pool")
+        conv_stem = stem in CONV_STEMS
         if stem_depth != 1 and not conv_stem:
             raise ValueError(f"stem_depth={stem_depth} needs stem='conv' or 'conv_pool', got stem={stem!r} "
                              "(it has no conv layers: set stem_depth=1)")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["STEMS", "ConvStem", "PatchEmbed", "ShiftedPatchEmbed"]
+__all__ = ["CONV_STEMS", "STEMS", "ConvStem", "PatchEmbed", "ShiftedPatchEmbed"]
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -120,12 +120,12 @@ class ConvStem(_TokenGrid):
         for i in range(n):
             c_out = max(embed_dim // 2 ** (n - 1 - i), 8)
             # No conv bias: the norm right after it has one.
-            layers += [nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), norm_layer(c_out), act_layer()]
-            for _ in range(depth - 1):  # more 3x3 convs at this stage's resolution
-                layers += [nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False), norm_layer(c_out), act_layer()]
+            for j in range(depth):  # the stage's first conv downsamples, the others keep its resolution
+                layers += [nn.Conv2d(c_in, c_out, 3, stride if j == 0 else 1, padding=1, bias=False), norm_layer(c_out),
+                           act_layer()]
+                c_in = c_out
             if pool:
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
-            c_in = c_out
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(c_in, embed_dim, kernel_size=1, bias=bias)
 
@@ -175,10 +175,12 @@ class ShiftedPatchEmbed(_TokenGrid):
         return self.proj(self.norm(x))
 
 
-# ``VisionTransformer(stem=...)``: every class takes the same six constructor arguments.
+# ``VisionTransformer(stem=...)``: every class takes the same six constructor arguments; the conv
+# stems also take ``depth`` (``stem_depth``).
 STEMS: dict[str, Callable[..., _TokenGrid]] = {
     "patch": PatchEmbed,
     "conv": ConvStem,
     "conv_pool": partial(ConvStem, downsample="maxpool"),
     "spt": ShiftedPatchEmbed,
 }
+CONV_STEMS = ("conv", "conv_pool")
